@@ -1,0 +1,255 @@
+"""Configuration: TOML file merged with CLI flags (CLI wins), frozen, validated, with provenance.
+
+Each value remembers where it came from ("default", "file:<path>", "cli", "env:<NAME>") so a results file
+can say why a number was used. Bad input raises ConfigError with one message naming the file, the key and
+what was expected; the CLI turns that into exit status 2 before anything starts.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config or flag value that cannot be used. str(e) is the whole user-facing message."""
+
+
+# Keys of [server] with a meaning to qbench itself; every other key becomes a `vllm serve` flag.
+SERVER_OWN_KEYS = ("model", "host", "port", "vllm_bin", "extra_args", "env", "startup_timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    model: str = ""
+    host: str = "127.0.0.1"  # launched servers stay on loopback unless the user asks
+    port: int = 8001
+    vllm_bin: str = "vllm"
+    extra_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    startup_timeout: float = 900.0
+    # Every other [server] key, in file order: ("max_model_len", 4096) -> --max-model-len 4096.
+    flags: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    url: str = ""
+    model: str = ""  # empty: first id from /v1/models
+    endpoint: str = "chat"
+    prompt: str = "Write a short paragraph explaining why GPUs are good for AI."
+    prompts_file: str = ""
+    unique_prefix: bool = False
+    prompt_len: int = 0  # >0: synthetic prompt of about N tokens instead of `prompt`
+    max_tokens: int = 200
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    concurrency: int = 8
+    timeout: float = 600.0  # read stall that fails a request
+    window_s: float = 60.0
+    max_error_rate: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SweepConfig:
+    levels: tuple[int, ...] = (40, 60, 80)
+    mode: str = "wave"
+    duration: float = 0.0  # steady mode: seconds per level (0 = use `requests`)
+    requests: int = 0  # steady mode: requests per level
+    warmup: float = 0.0
+    out: str = "results"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    load: LoadConfig = field(default_factory=LoadConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    path: str = ""  # the TOML file, "" when none
+    sources: tuple[tuple[str, str], ...] = ()  # ("load.max_tokens", "file:x.toml"), ...
+
+    def source(self, key: str) -> str:
+        return dict(self.sources).get(key, "default")
+
+
+_SECTIONS = {"server": ServerConfig, "load": LoadConfig, "sweep": SweepConfig}
+_ENUMS = {"load.endpoint": ("chat", "completions"), "sweep.mode": ("wave", "steady")}
+
+
+def _expected(typ: Any) -> str:
+    return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(
+        typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ)), str(typ)
+    )
+
+
+def _coerce(where: str, key: str, ftype: str, value: Any) -> Any:
+    """Check one value against the dataclass field's annotation (annotations are strings here)."""
+    bad = ConfigError(f"{where}: '{key}' must be {_expected(ftype)}, got {value!r}")
+    if ftype == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise bad
+    if ftype == "int":
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if ftype == "float":
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if ftype == "str":
+        if isinstance(value, str):
+            return value
+        raise bad
+    if ftype == "tuple[int, ...]":
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{where}: '{key}' must be a non-empty list of integers, got {value!r}")
+        return tuple(_coerce(where, key, "int", v) for v in value)
+    if ftype == "tuple[str, ...]":
+        if isinstance(value, str):
+            import shlex
+
+            value = shlex.split(value)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: '{key}' must be a list of strings, got {value!r}")
+        return tuple(value)
+    if ftype == "tuple[tuple[str, str], ...]":  # env table
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a table of NAME = \"value\", got {value!r}")
+        return tuple((str(k), str(v)) for k, v in value.items())
+    raise bad  # pragma: no cover - a field type this function does not know
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_range(where: str, section: str, key: str, value: Any) -> None:
+    full = f"{section}.{key}"
+    if full in _ENUMS and value not in _ENUMS[full]:
+        raise ConfigError(f"{where}: '{key}' must be one of {', '.join(_ENUMS[full])}, got {value!r}")
+    positive = {"load.max_tokens", "sweep.levels", "server.port", "load.timeout", "load.window_s",
+                "server.startup_timeout"}
+    non_negative = {"load.concurrency", "load.prompt_len", "sweep.duration", "sweep.requests", "sweep.warmup"}
+    vals = value if isinstance(value, tuple) and full == "sweep.levels" else (value,)
+    for v in vals:
+        if full in positive and v <= 0:
+            raise ConfigError(f"{where}: '{key}' must be > 0, got {value!r}")
+        if full in non_negative and v < 0:
+            raise ConfigError(f"{where}: '{key}' must be >= 0, got {value!r}")
+    if full == "server.port" and value > 65535:
+        raise ConfigError(f"{where}: 'port' must be <= 65535, got {value!r}")
+    if full == "load.max_error_rate" and not 0 <= value <= 1:
+        raise ConfigError(f"{where}: 'max_error_rate' must be between 0 and 1, got {value!r}")
+    if full == "load.temperature" and value < 0:
+        raise ConfigError(f"{where}: 'temperature' must be >= 0, got {value!r}")
+
+
+def _apply(cfg_parts: dict[str, dict[str, Any]], sources: dict[str, str], section: str, key: str,
+           value: Any, where: str, origin: str) -> None:
+    cls = _SECTIONS[section]
+    types = {f.name: f.type for f in fields(cls)}
+    if section == "server" and key not in SERVER_OWN_KEYS:
+        if not isinstance(value, (str, int, float, bool, list)):
+            raise ConfigError(f"{where}: [server] '{key}' must be a string, number, boolean or list, "
+                              f"got {type(value).__name__}")
+        if isinstance(value, list) and not all(isinstance(v, (str, int, float)) for v in value):
+            raise ConfigError(f"{where}: [server] '{key}' must be a list of strings or numbers")
+        flags = dict(cfg_parts[section].get("flags", ()))
+        flags[key] = tuple(value) if isinstance(value, list) else value
+        cfg_parts[section]["flags"] = tuple(flags.items())
+        sources[f"server.{key}"] = origin
+        return
+    if key not in types or key == "flags":
+        known = [k for k in types if k != "flags"]
+        raise ConfigError(f"{where}: unknown key '{key}' in [{section}]{_suggest(key, known)}")
+    coerced = _coerce(where, key, types[key], value)
+    _check_range(where, section, key, coerced)
+    cfg_parts[section][key] = coerced
+    sources[f"{section}.{key}"] = origin
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read `path` (TOML) and apply `overrides` ({"load.max_tokens": 100, ...}; None values are ignored)."""
+    parts: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    sources: dict[str, str] = {}
+    where_file = ""
+    if path:
+        p = Path(path)
+        where_file = str(p)
+        try:
+            raw = p.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read config file: {e.strerror}") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        for section, table in data.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"{p}: unknown section [{section}]{_suggest(section, list(_SECTIONS))}")
+            if not isinstance(table, dict):
+                raise ConfigError(f"{p}: '{section}' must be a table ([{section}])")
+            for key, value in table.items():
+                _apply(parts, sources, section, key, value, f"{p} [{section}]", f"file:{p}")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        flag = "--" + key.replace("_", "-")
+        _apply(parts, sources, section, key, value, f"command line {flag}", "cli")
+    cfg = Config(
+        server=ServerConfig(**parts["server"]),
+        load=LoadConfig(**parts["load"]),
+        sweep=SweepConfig(**parts["sweep"]),
+        path=where_file,
+        sources=tuple(sorted(sources.items())),
+    )
+    if cfg.sweep.mode == "steady" and cfg.sweep.duration <= 0 and cfg.sweep.requests <= 0:
+        # steady needs a stopping rule; pick one a user would expect rather than refusing
+        cfg = replace(cfg, sweep=replace(cfg.sweep, duration=30.0))
+    return cfg
+
+
+def resolve_api_key(cli_value: str | None) -> tuple[str | None, str]:
+    """The API key and where it came from. The key itself must never be written to any output."""
+    if cli_value:
+        return cli_value, "cli"
+    for name in ("QBENCH_API_KEY", "OPENAI_API_KEY"):
+        if os.environ.get(name):
+            return os.environ[name], f"env:{name}"
+    return None, "none"

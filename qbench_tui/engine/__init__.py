@@ -1,0 +1,1 @@
+"""The load engine. Imports no Textual: timing must never share a process with rendering."""

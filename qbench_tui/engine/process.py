@@ -1,0 +1,148 @@
+"""The engine in its own process, so that drawing never delays a timestamp.
+
+Commands go down a pipe that the child watches with loop.add_reader (a key press reaches the workers at once,
+not at the next tick). Snapshots come back through a small queue: the child never blocks on a slow face;
+if the face falls behind, snapshots are dropped and the face simply shows the newest one it gets.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+
+from .snapshot import Command, Save, Snapshot, Stop
+
+
+def die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent dies, even by SIGKILL, so no engine outlives qbench."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:  # pragma: no cover
+            pass
+
+
+def _child_main(cfg, cmd_conn, snaps) -> None:
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the face; it sends Stop
+    try:
+        import uvloop  # the faster loop, when installed (uvicorn[standard] brings it)
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    from .session import EngineSession
+
+    def emit(snap: Snapshot) -> None:
+        try:
+            if snap.status == "stopped" or snap.saved:
+                snaps.put(snap, timeout=2.0)  # replies the face waits for
+            else:
+                snaps.put_nowait(snap)
+        except queue.Full:
+            pass
+
+    async def main() -> None:
+        session = EngineSession(cfg, emit)
+        loop = asyncio.get_running_loop()
+
+        def on_command() -> None:
+            try:
+                while cmd_conn.poll():
+                    cmd = cmd_conn.recv()
+                    session.handle(cmd)
+                    if isinstance(cmd, Save):
+                        emit(session.snapshot((), ""))
+            except (EOFError, OSError):
+                session.handle(Stop())  # the face is gone
+                loop.remove_reader(cmd_conn.fileno())
+
+        loop.add_reader(cmd_conn.fileno(), on_command)
+        loop.add_signal_handler(signal.SIGTERM, lambda: session.handle(Stop()))
+        await session.run()
+
+    asyncio.run(main())
+
+
+class EngineProcess:
+    """EngineLink over a child process: send(), poll(), close()."""
+
+    def __init__(self, cfg) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that may hold a terminal UI's state
+        self._cmd_r, self._cmd_w = ctx.Pipe(duplex=False)
+        self._snaps = ctx.Queue(maxsize=32)
+        self._proc = ctx.Process(target=_child_main, args=(cfg, self._cmd_r, self._snaps), daemon=True,
+                                 name="qbench-engine")
+        self._proc.start()
+        self.last: Snapshot | None = None
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def send(self, cmd: Command) -> None:
+        if self._closed:
+            return
+        try:
+            self._cmd_w.send(cmd)
+        except (BrokenPipeError, OSError):
+            pass
+
+    def poll(self) -> Snapshot | None:
+        newest = None
+        while True:
+            try:
+                newest = self._snaps.get_nowait()
+            except (queue.Empty, OSError, EOFError, ValueError):
+                break
+        if newest is not None:
+            self.last = newest
+        return newest
+
+    def wait_for(self, pred, timeout: float = 5.0) -> Snapshot | None:
+        """Block until a snapshot satisfies pred (for headless callers and tests)."""
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                snap = self._snaps.get(timeout=max(0.01, end - time.monotonic()))
+            except (queue.Empty, OSError, EOFError):
+                continue
+            self.last = snap
+            if pred(snap):
+                return snap
+        return None
+
+    def close(self, timeout: float = 8.0) -> None:
+        if self._closed:
+            return
+        import time
+
+        self.send(Stop())
+        end = time.monotonic() + timeout
+        # keep draining while it exits: a child whose queue pipe is full cannot flush and exit
+        while self._proc.is_alive() and time.monotonic() < end:
+            self.poll()
+            self._proc.join(0.05)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(2.0)
+        if self._proc.is_alive():  # pragma: no cover - a wedged child
+            os.kill(self._proc.pid, signal.SIGKILL)
+            self._proc.join(1.0)
+        self._closed = True
+        self.poll()
+        for c in (self._cmd_w, self._cmd_r):
+            c.close()
+        self._snaps.cancel_join_thread()
+        self._snaps.close()

@@ -1,0 +1,106 @@
+"""Where each request's prompt comes from: one fixed prompt, a file, or a synthetic prompt of N tokens.
+
+`--unique-prefix` puts a random per-request prefix FIRST so that no two requests share a cached block
+(prefix caching hashes from the start of the prompt, so a suffix would not defeat it).
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Callable
+
+Prompt = str | list  # a plain prompt, or a list of chat messages
+
+# Words of about one token each for common BPE tokenizers, so "N words" is roughly "N tokens".
+_WORDS = (
+    "the of and to in is was for on are with as by at from that this be it an or not have has but were "
+    "which their one all there can been would more will other when time two about into only new some could "
+    "these may first any then like now over such our out also most used where after made many before must "
+    "through back years much way well down should because each just those people how too little state good "
+    "very make world still own see men work long get here between both life being under never day same "
+    "another know while last might us great old year off come since against go came right take three"
+).split()
+
+
+class PromptError(ValueError):
+    pass
+
+
+def synthetic_prompt(n_tokens: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(_WORDS) for _ in range(max(1, n_tokens)))
+
+
+def load_prompts(path: str) -> list[Prompt]:
+    """.txt: one prompt per line; .jsonl: {"prompt": ...} or {"messages": [...]} per line;
+    .json: ShareGPT ([{"conversations": [{"from": "human", "value": ...}, ...]}, ...]) or a list of strings."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PromptError(f"{p}: cannot read prompts file: {e.strerror or e}") from None
+    prompts: list[Prompt] = []
+    if p.suffix == ".jsonl":
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptError(f"{p}:{i}: not valid JSON: {e.msg}") from None
+            if isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+                prompts.append(obj["messages"])
+            elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
+                prompts.append(obj["prompt"])
+            else:
+                raise PromptError(f"{p}:{i}: expected an object with \"prompt\" (string) or \"messages\" (list)")
+    elif p.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PromptError(f"{p}: not valid JSON: {e.msg}") from None
+        if not isinstance(data, list):
+            raise PromptError(f"{p}: expected a JSON list (ShareGPT format)")
+        for item in data:
+            if isinstance(item, str):
+                prompts.append(item)
+            elif isinstance(item, dict) and isinstance(item.get("conversations"), list):
+                first = next((c for c in item["conversations"]
+                              if isinstance(c, dict) and c.get("from") in ("human", "user")), None)
+                if first and isinstance(first.get("value"), str) and first["value"].strip():
+                    prompts.append(first["value"])
+    else:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise PromptError(f"{p}: no prompts found")
+    return prompts
+
+
+def make_prompt_source(prompt: str, prompts_file: str = "", prompt_len: int = 0, unique_prefix: bool = False,
+                       seed: int = 0) -> Callable[[int], Prompt]:
+    """Returns prompts(i) -> the prompt for the i-th request (deterministic for a given seed)."""
+    if prompts_file:
+        pool: list[Prompt] = load_prompts(prompts_file)
+    elif prompt_len > 0:
+        pool = [synthetic_prompt(prompt_len, seed)]
+    else:
+        if not prompt:
+            raise PromptError("the prompt is empty")
+        pool = [prompt]
+
+    if not unique_prefix:
+        return lambda i: pool[i % len(pool)]
+
+    def unique(i: int) -> Prompt:
+        rng = random.Random(f"{seed}:{i}")
+        prefix = f"[{rng.getrandbits(64):016x}] " + " ".join(rng.choice(_WORDS) for _ in range(24)) + "\n"
+        base = pool[i % len(pool)]
+        if isinstance(base, str):
+            return prefix + base
+        msgs = [dict(m) for m in base]
+        if msgs and isinstance(msgs[0].get("content"), str):
+            msgs[0]["content"] = prefix + msgs[0]["content"]
+        return msgs
+
+    return unique

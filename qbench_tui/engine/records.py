@@ -1,0 +1,75 @@
+"""What one request produced, and what the next request should send.
+
+Timing fields are time.perf_counter() seconds (same clock as vllm bench serve); `wall_start`
+is time.time() only for humans reading the JSONL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    ok: bool
+    segment: int  # measured segment the request STARTED in
+    concurrency: int  # target concurrency when it started
+    worker: int
+    start: float  # perf_counter at send
+    end: float = 0.0  # perf_counter of the last data event (usage chunk included), or of the failure
+    ttft: float | None = None  # seconds from start to first event with non-empty choices
+    itl: list[float] = field(default_factory=list)  # gaps between consecutive content events (s)
+    out_tokens: int = 0  # usage.completion_tokens, or counted content events when `tokens_estimated`
+    in_tokens: int = 0  # usage.prompt_tokens (0 when unknown)
+    tokens_estimated: bool = False
+    error: str = ""  # failure reason: "HTTP 400: <server message>", "stream error: ...", "read timeout", ...
+    status: int | None = None  # HTTP status (None when no response)
+    wall_start: float = 0.0  # time.time() at send
+    warmup: bool = False  # steady mode: started during warm-up, excluded from statistics
+
+    @property
+    def e2el(self) -> float:
+        return self.end - self.start
+
+    @property
+    def tpot(self) -> float | None:
+        """(E2EL - TTFT) / (out - 1), only when out_tokens > 1, as vllm bench serve."""
+        if not self.ok or self.ttft is None or self.out_tokens <= 1:
+            return None
+        return (self.e2el - self.ttft) / (self.out_tokens - 1)
+
+    def to_json(self) -> dict:
+        """One JSONL line. Never contains request headers (no API key can leak from here)."""
+        return {
+            "ok": self.ok,
+            "segment": self.segment,
+            "concurrency": self.concurrency,
+            "worker": self.worker,
+            "wall_start": round(self.wall_start, 6),
+            "start": round(self.start, 6),
+            "e2el_s": round(self.e2el, 6),
+            "ttft_s": None if self.ttft is None else round(self.ttft, 6),
+            "tpot_s": None if self.tpot is None else round(self.tpot, 6),
+            "itl_s": [round(x, 6) for x in self.itl],
+            "out_tokens": self.out_tokens,
+            "in_tokens": self.in_tokens,
+            "tokens_estimated": self.tokens_estimated,
+            "status": self.status,
+            "error": self.error,
+            "warmup": self.warmup,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """Everything needed to build one request body (the prompt is picked per request by the engine)."""
+
+    url: str  # base URL, e.g. http://127.0.0.1:8001
+    model: str
+    endpoint: str = "chat"  # "chat" -> /v1/chat/completions, "completions" -> /v1/completions
+    max_tokens: int = 200
+    temperature: float | None = 0.0
+    ignore_eos: bool = False
+    min_tokens: int | None = None
+    api_key: str | None = None  # sent as Bearer; never written anywhere
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0  # a stall longer than this between bytes fails the request

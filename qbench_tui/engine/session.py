@@ -1,0 +1,374 @@
+"""A live load session: the load engine, the /metrics poller, rolling windows and segments, published as
+Snapshots. It runs on one asyncio loop inside the engine process (engine/process.py) and never renders."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..report.files import RunMeta, result_basename, write_results
+from ..sweep import find_knee
+from .load import LoadEngine
+from .metrics import MetricsPoller, ServerSample, ServerSeries, fetch_info
+from .prompts import make_prompt_source
+from .recordlog import RecordLog
+from .records import RequestRecord, RequestSpec
+from .segments import SegmentStats
+from .snapshot import (Command, Pause, ResetWindow, Resume, RunLevel, Save, SegmentRow,
+                       ServerView, SetConcurrency, Snapshot, Stop)
+from .stats import RollingWindow, latency_view
+
+HISTORY = 240  # points kept for sparklines/charts: wider than any chart we draw
+LAG_PERIOD = 0.05
+CLIENT_CPU_LIMIT = 90.0  # % of one core: past this the client, not the server, may set the pace
+CLIENT_LAG_LIMIT_MS = 20.0
+
+
+def _log_edges(lo: float = 1e-3, hi: float = 120.0, n: int = 40) -> tuple[float, ...]:
+    import math
+
+    step = (math.log10(hi) - math.log10(lo)) / n
+    return tuple(10 ** (math.log10(lo) + i * step) for i in range(n + 1))
+
+
+TTFT_EDGES = _log_edges(1e-3, 120.0, 40)
+ITL_EDGES = _log_edges(1e-4, 10.0, 40)
+E2EL_EDGES = _log_edges(1e-2, 600.0, 40)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    spec: RequestSpec
+    prompt: str = ""
+    prompts_file: str = ""
+    prompt_len: int = 0
+    unique_prefix: bool = False
+    window_s: float = 60.0
+    out_dir: str = "results"
+    hz: float = 4.0
+    simulated: bool = False
+    server_config: str = ""
+    start_concurrency: int = 0
+    start_paused: bool = False
+    extra_meta: dict = field(default_factory=dict)
+
+
+class EngineSession:
+    def __init__(self, cfg: SessionConfig, emit: Callable[[Snapshot], None]) -> None:
+        self.cfg = cfg
+        self.emit = emit
+        self.spec = cfg.spec
+        prompts = make_prompt_source(cfg.prompt, cfg.prompts_file, cfg.prompt_len, cfg.unique_prefix)
+        self.engine = LoadEngine(cfg.spec, prompts, on_record=self._on_record)
+        self.window = RollingWindow(cfg.window_s)
+        self.series = ServerSeries()
+        self.server_error = ""
+        self.version: str | None = None
+        self.meta = RunMeta(url=cfg.spec.url, model=cfg.spec.model, prompt=cfg.prompt,
+                            prompt_source=(f"file:{cfg.prompts_file}" if cfg.prompts_file else
+                                           f"synthetic:{cfg.prompt_len} tokens" if cfg.prompt_len else "fixed"),
+                            max_tokens=cfg.spec.max_tokens, mode="live", endpoint=cfg.spec.endpoint,
+                            ignore_eos=cfg.spec.ignore_eos, unique_prefix=cfg.unique_prefix,
+                            temperature=cfg.spec.temperature, simulated=cfg.simulated,
+                            server_config=cfg.server_config)
+        self.base = result_basename(cfg.spec.model, self.meta.started)
+        self.log = RecordLog(Path(cfg.out_dir) / f"{self.base}.requests.jsonl")
+        self.segments: dict[int, SegmentStats] = {}
+        self.current: SegmentStats | None = None
+        self.failures: dict[str, int] = {}
+        self.last_error = ""
+        self.completed_total = 0
+        self.failed_total = 0
+        self.tok_hist: list[float] = []
+        self.req_hist: list[float] = []
+        self.saved: tuple[str, ...] = ()
+        self.message = ""
+        self.status = "starting"
+        self._t0 = time.perf_counter()
+        self._lag_ms = 0.0
+        self._lag_max = 0.0
+        self._cpu_pct = 0.0
+        self._stop = asyncio.Event()
+        self._level_task: asyncio.Task | None = None
+        self._gpu: tuple[dict, ...] = ()
+
+    # ------------------------------------------------------------ records and segments
+
+    def _on_record(self, r: RequestRecord) -> None:
+        self.window.add(r)
+        seg = self.segments.get(r.segment)
+        if seg is not None:
+            seg.add(r)
+        if r.warmup:
+            return
+        if r.ok:
+            self.completed_total += 1
+        else:
+            self.failed_total += 1
+            self.failures[r.error] = self.failures.get(r.error, 0) + 1
+            self.last_error = r.error
+        self.log.add(r)
+
+    def _open_segment(self) -> None:
+        now = time.perf_counter()
+        self._close_segment(now)
+        seg = SegmentStats(self.engine.segment, self.engine.target, now)
+        seg.mono_start = time.monotonic()  # type: ignore[attr-defined]
+        self.segments[seg.segment] = seg
+        self.current = seg
+
+    def _server_since(self, mono_start: float) -> dict | None:
+        s = self.series
+        if s.latest() is None:
+            return None
+        return {
+            "generation_tokens": s.delta("generation_tokens", mono_start),
+            "prefix_cache_hit_rate": s.hit_rate(mono_start),
+            "max_kv_cache_usage": s.max("kv_cache_usage", mono_start),
+            "preemptions": s.delta("num_preemptions", mono_start),
+            "max_running": s.max("num_running", mono_start),
+            "max_waiting": s.max("num_waiting", mono_start),
+        }
+
+    def _close_segment(self, now: float) -> None:
+        seg = self.current
+        if seg is not None and seg.t_end is None:
+            seg.t_end = now
+            seg.server = self._server_since(seg.mono_start)  # type: ignore[attr-defined]
+        self.current = None
+
+    # ------------------------------------------------------------ commands
+
+    def handle(self, cmd: Command) -> None:
+        if isinstance(cmd, SetConcurrency):
+            n = max(0, int(cmd.n))
+            if n == self.engine.target and self.current is not None:
+                return
+            self.engine.set_concurrency(n)
+            if not self.engine.paused:
+                self._open_segment()
+            self.message = f"concurrency {n}"
+        elif isinstance(cmd, Pause):
+            if not self.engine.paused:
+                self.engine.pause()
+                self._close_segment(time.perf_counter())
+                self.message = "paused: in-flight requests finish, no new ones start"
+        elif isinstance(cmd, Resume):
+            if self.engine.paused:
+                self.engine.resume()
+                self.engine.new_segment()
+                self._open_segment()
+                self.message = "resumed"
+        elif isinstance(cmd, ResetWindow):
+            self.window.reset(time.perf_counter())
+            self.tok_hist.clear()
+            self.req_hist.clear()
+            self.message = "rolling window reset"
+        elif isinstance(cmd, RunLevel):
+            self._run_level(cmd)
+        elif isinstance(cmd, Save):
+            self.save(cmd.out_dir)
+        elif isinstance(cmd, Stop):
+            self._stop.set()
+
+    def _run_level(self, cmd: RunLevel) -> None:
+        if self._level_task and not self._level_task.done():
+            self.message = "a level is already running"
+            return
+
+        async def level() -> None:
+            self.engine.new_segment()
+            self._open_segment()
+            self.current.concurrency = cmd.concurrency  # type: ignore[union-attr]
+            if cmd.mode == "wave":
+                await self.engine.run_wave(cmd.concurrency)
+            else:
+                await self.engine.run_steady(cmd.concurrency, cmd.duration, cmd.requests, cmd.warmup)
+            self._close_segment(time.perf_counter())
+            self.message = f"level {cmd.concurrency} ({cmd.mode}) done"
+
+        self._level_task = asyncio.create_task(level())
+
+    # ------------------------------------------------------------ saving
+
+    def segment_levels(self) -> list[dict]:
+        now = time.perf_counter()
+        out = []
+        for seg in self.segments.values():
+            if seg.concurrency <= 0 or (seg.completed + seg.failed) == 0:
+                continue
+            d = seg.summary(now)
+            if seg.t_end is None and hasattr(seg, "mono_start"):
+                d["server"] = self._server_since(seg.mono_start)  # type: ignore[attr-defined]
+            out.append(d)
+        return out
+
+    def save(self, out_dir: str | None = None) -> tuple[str, ...]:
+        out = Path(out_dir or self.cfg.out_dir)
+        self.log.flush()
+        levels = self.segment_levels()
+        self.meta.vllm_version = self.version
+        self.meta.levels = tuple(lv["max_concurrency"] for lv in levels)
+        try:
+            txt, js = write_results(out, self.base, self.meta, levels, find_knee(levels))
+        except OSError as e:
+            self.message = f"save failed: {e}"
+            return ()
+        self.saved = (str(txt), str(js), str(self.log.path))
+        self.message = f"saved {txt}"
+        return self.saved
+
+    # ------------------------------------------------------------ snapshot
+
+    def _server_view(self) -> ServerView:
+        s = self.series
+        last: ServerSample | None = s.latest()
+        now = time.monotonic()
+        w = self.cfg.window_s
+        if last is None:
+            return ServerView(reachable=False, schema="none", error=self.server_error, model=self.spec.model,
+                              vllm_version=self.version, gpu=self._gpu)
+        since = now - w
+        return ServerView(
+            reachable=True, schema=last.schema, error=self.server_error, model=self.spec.model,
+            vllm_version=self.version, engines=last.engines, kv_cache_usage=last.kv_cache_usage,
+            prefix_hit_rate=s.hit_rate(since), num_running=last.num_running, num_waiting=last.num_waiting,
+            preemptions_total=last.num_preemptions, preemptions_per_s=s.rate("num_preemptions", w, now),
+            gen_tok_s=s.rate("generation_tokens", w, now), prompt_tok_s=s.rate("prompt_tokens", w, now),
+            kv_history=tuple(v or 0.0 for v in s.history("kv_cache_usage", HISTORY)),
+            running_history=tuple(v or 0.0 for v in s.history("num_running", HISTORY)),
+            waiting_history=tuple(v or 0.0 for v in s.history("num_waiting", HISTORY)),
+            num_gpu_blocks=int(last.num_gpu_blocks) if last.num_gpu_blocks else None,
+            block_size=int(last.block_size) if last.block_size else None, gpu=self._gpu,
+        )
+
+    def _rows(self) -> tuple[SegmentRow, ...]:
+        rows = []
+        for lv in self.segment_levels():
+            srv = lv.get("server") or {}
+            rows.append(SegmentRow(
+                segment=lv["segment"], concurrency=lv["max_concurrency"], seconds=lv["duration"],
+                completed=lv["completed"], failed=lv["failed"], req_s=lv["request_throughput"],
+                tok_s=lv["output_throughput"], avg_latency=lv["avg_latency_s"],
+                ttft_p50=None if lv["median_ttft_ms"] is None else lv["median_ttft_ms"] / 1000,
+                ttft_p99=None if lv["p99_ttft_ms"] is None else lv["p99_ttft_ms"] / 1000,
+                itl_p50=None if lv["median_itl_ms"] is None else lv["median_itl_ms"] / 1000,
+                prefix_hit_rate=srv.get("prefix_cache_hit_rate"),
+                server_gen_tok_s=(srv["generation_tokens"] / lv["duration"]
+                                  if srv.get("generation_tokens") is not None and lv["duration"] > 0 else None),
+                max_kv_usage=srv.get("max_kv_cache_usage"), preemptions=srv.get("preemptions"),
+                waiting_max=srv.get("max_waiting"),
+            ))
+        return tuple(rows)
+
+    def snapshot(self, rows: tuple[SegmentRow, ...], knee: str) -> Snapshot:
+        now = time.perf_counter()
+        self.window.evict(now)
+        w = self.window
+        status = self.status
+        if status == "running" and self.engine.paused:
+            status = "paused"
+        return Snapshot(
+            t=now - self._t0, status=status, target_concurrency=self.engine.target,
+            in_flight=self.engine.in_flight, segment=self.engine.segment, window_s=self.cfg.window_s,
+            out_tok_s=w.out_tok_s(now), req_s=w.req_s(now), completed_total=self.completed_total,
+            failed_total=self.failed_total, tok_s_history=tuple(self.tok_hist[-HISTORY:]),
+            req_s_history=tuple(self.req_hist[-HISTORY:]),
+            ttft=latency_view(w.ttft_values(), TTFT_EDGES), itl=latency_view(w.itl_values(), ITL_EDGES),
+            e2el=latency_view(w.e2el_values(), E2EL_EDGES),
+            failures=tuple(sorted(self.failures.items(), key=lambda kv: -kv[1])),
+            last_error=self.last_error, client_cpu_pct=self._cpu_pct, loop_lag_ms=self._lag_max,
+            client_limited=self._cpu_pct >= CLIENT_CPU_LIMIT or self._lag_max >= CLIENT_LAG_LIMIT_MS,
+            server=self._server_view(), segments=rows, records_path=str(self.log.path),
+            simulated=self.cfg.simulated, message=self.message, saved=self.saved, knee=knee,
+        )
+
+    # ------------------------------------------------------------ background tasks
+
+    async def _lag_monitor(self) -> None:
+        """Event-loop lag: how late a 50 ms sleep wakes up. Past a few ms, client-side ITL is suspect."""
+        window: list[float] = []
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(LAG_PERIOD)
+            lag = max(0.0, time.perf_counter() - t - LAG_PERIOD) * 1000
+            window.append(lag)
+            if len(window) > int(1 / LAG_PERIOD):
+                window.pop(0)
+            self._lag_ms = lag
+            self._lag_max = max(window)
+
+    async def _per_second(self) -> None:
+        last_wall, last_cpu = time.perf_counter(), time.process_time()
+        gpu_sampler = None
+        try:
+            from ..server.gpu import sample_gpus
+
+            gpu_sampler = sample_gpus
+        except ImportError:  # pragma: no cover
+            pass
+        while True:
+            await asyncio.sleep(1.0)
+            wall, cpu = time.perf_counter(), time.process_time()
+            self._cpu_pct = 100.0 * (cpu - last_cpu) / max(1e-9, wall - last_wall)
+            last_wall, last_cpu = wall, cpu
+            self.window.evict(wall)
+            self.tok_hist.append(self.window.out_tok_s(wall))
+            self.req_hist.append(self.window.req_s(wall))
+            del self.tok_hist[:-HISTORY], self.req_hist[:-HISTORY]
+            self.log.flush()
+            if gpu_sampler is not None:
+                self._gpu = gpu_sampler()
+
+    def _on_sample(self, s: ServerSample) -> None:
+        self.series.add(s)
+        self.server_error = ""
+
+    def _on_error(self, msg: str) -> None:
+        self.server_error = msg
+
+    async def run(self) -> None:
+        loop_tasks = [asyncio.create_task(self._lag_monitor()), asyncio.create_task(self._per_second())]
+        poller = MetricsPoller(self.spec.url, self.spec.api_key, 1.0, self._on_sample, self._on_error)
+        loop_tasks.append(asyncio.create_task(poller.run()))
+        try:
+            import httpx
+
+            headers = {"Authorization": f"Bearer {self.spec.api_key}"} if self.spec.api_key else {}
+            async with httpx.AsyncClient(base_url=self.spec.url, headers=headers, timeout=5.0) as c:
+                self.version, _ = await fetch_info(c)
+        except Exception:  # the version is a label, never a reason to stop
+            pass
+        self.status = "running"
+        if self.cfg.start_paused:
+            self.engine.pause()
+        if self.cfg.start_concurrency:
+            self.handle(SetConcurrency(self.cfg.start_concurrency))
+        period = 1.0 / self.cfg.hz
+        rows: tuple[SegmentRow, ...] = ()
+        knee = ""
+        tick = 0
+        try:
+            while not self._stop.is_set():
+                if tick % max(1, int(self.cfg.hz)) == 0:  # the segment table and knee change slowly: 1 Hz
+                    rows = self._rows()
+                    k = find_knee(self.segment_levels()) if len(rows) >= 2 else None
+                    knee = k["summary"] if k else ""
+                self.emit(self.snapshot(rows, knee))
+                tick += 1
+                try:
+                    await asyncio.wait_for(self._stop.wait(), period)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self.status = "stopped"
+            poller.stop()
+            self._close_segment(time.perf_counter())
+            await self.engine.stop()
+            for t in loop_tasks:
+                t.cancel()
+            await asyncio.gather(*loop_tasks, return_exceptions=True)
+            self.log.close()
+            self.emit(self.snapshot(self._rows(), knee))

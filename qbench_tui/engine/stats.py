@@ -1,0 +1,266 @@
+"""Pure statistics over RequestRecords: percentiles, the `vllm bench serve` summary, histograms, rolling window.
+
+No numpy: the engine process stays light, and these lists are small enough for sorted() + bisect.
+"""
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from itertools import islice
+from time import perf_counter
+
+from qbench_tui.engine.records import RequestRecord
+from qbench_tui.engine.snapshot import LatencyView
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """np.percentile(values, q) with linear interpolation; q in 0..100. None for no values."""
+    if not values:
+        return None
+    xs = sorted(values)
+    return _pct_sorted(xs, q)
+
+
+def _pct_sorted(xs: Sequence[float], q: float) -> float:
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile q must be in [0, 100], got {q}")
+    n = len(xs)
+    if n == 1:
+        return float(xs[0])
+    pos = (n - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    return float(xs[lo] + (xs[hi] - xs[lo]) * frac)
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else v * 1000.0
+
+
+def _dist_ms(prefix: str, values: Sequence[float]) -> dict:
+    xs = sorted(values)
+    if not xs:
+        return {f"mean_{prefix}_ms": None, f"median_{prefix}_ms": None, f"p90_{prefix}_ms": None,
+                f"p99_{prefix}_ms": None}
+    return {
+        f"mean_{prefix}_ms": _ms(_mean(xs)),
+        f"median_{prefix}_ms": _ms(_pct_sorted(xs, 50)),
+        f"p90_{prefix}_ms": _ms(_pct_sorted(xs, 90)),
+        f"p99_{prefix}_ms": _ms(_pct_sorted(xs, 99)),
+    }
+
+
+def summarize(records: Iterable[RequestRecord], duration: float, max_concurrency: int | None) -> dict:
+    """The `vllm bench serve --save-result` numbers for one level, plus our extras.
+
+    Warm-up records are dropped entirely; failed records count in `failed` and `failures` only. Throughputs
+    are over `duration` (the caller's measured level time). Latencies in ms; None where there is no data.
+    """
+    ok: list[RequestRecord] = []
+    failures: Counter[str] = Counter()
+    for r in records:
+        if r.warmup:
+            continue
+        if r.ok:
+            ok.append(r)
+        else:
+            failures[r.error or "unknown"] += 1
+    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    tpots = [t for t in (r.tpot for r in ok) if t is not None]
+    itls = [x for r in ok for x in r.itl]
+    e2els = [r.e2el for r in ok]
+    total_in = sum(r.in_tokens for r in ok)
+    total_out = sum(r.out_tokens for r in ok)
+    rate = (lambda x: x / duration) if duration and duration > 0 else (lambda x: None)
+    out = {
+        "completed": len(ok),
+        "failed": sum(failures.values()),
+        "duration": duration,
+        "total_input_tokens": total_in,
+        "total_output_tokens": total_out,
+        "request_throughput": rate(len(ok)),
+        "output_throughput": rate(total_out),
+        "total_token_throughput": rate(total_in + total_out),
+        "max_concurrency": max_concurrency,
+    }
+    out.update(_dist_ms("ttft", ttfts))
+    out.update(_dist_ms("tpot", tpots))
+    out.update(_dist_ms("itl", itls))
+    out.update(_dist_ms("e2el", e2els))
+    out["total_time_s"] = duration
+    out["avg_latency_s"] = _mean(e2els)
+    out["failures"] = dict(failures.most_common())
+    out["tokens_estimated"] = sum(1 for r in ok if r.tokens_estimated)
+    return out
+
+
+# ---------------------------------------------------------------- histograms
+
+
+def log_edges(lo: float = 0.001, hi: float = 120.0, n: int = 40) -> tuple[float, ...]:
+    """n bins -> n+1 log-spaced edges from lo to hi (seconds)."""
+    if not (0 < lo < hi) or n < 1:
+        raise ValueError("need 0 < lo < hi and n >= 1")
+    ratio = math.log(hi / lo)
+    edges = [lo * math.exp(ratio * i / n) for i in range(n + 1)]
+    edges[-1] = hi
+    return tuple(edges)
+
+
+DEFAULT_EDGES = log_edges()
+
+
+def _bin(edges: Sequence[float], v: float) -> int:
+    # values under the first edge / over the last one land in the end bins so nothing disappears from the chart
+    i = bisect_right(edges, v) - 1
+    return 0 if i < 0 else min(i, len(edges) - 2)
+
+
+class LatencyHistogram:
+    """Counts on fixed log-spaced bins (seconds); cumulative, for a whole level or run."""
+
+    __slots__ = ("edges", "counts", "count", "total", "max")
+
+    def __init__(self, lo: float = 0.001, hi: float = 120.0, n: int = 40) -> None:
+        self.edges = log_edges(lo, hi, n)
+        self.counts = [0] * n
+        self.count = 0
+        self.total = 0.0
+        self.max: float | None = None
+
+    def add(self, v: float) -> None:
+        self.counts[_bin(self.edges, v)] += 1
+        self.count += 1
+        self.total += v
+        if self.max is None or v > self.max:
+            self.max = v
+
+    def extend(self, values: Iterable[float]) -> None:
+        for v in values:
+            self.add(v)
+
+
+def latency_view(values: Sequence[float], edges: Sequence[float] = DEFAULT_EDGES) -> LatencyView:
+    """Binned counts and summary numbers of `values` (seconds) for the face."""
+    if not values:
+        return LatencyView(edges=tuple(edges), counts=(0,) * (len(edges) - 1))
+    xs = sorted(values)
+    counts = [0] * (len(edges) - 1)
+    for v in xs:
+        counts[_bin(edges, v)] += 1
+    return LatencyView(
+        edges=tuple(edges),
+        counts=tuple(counts),
+        count=len(xs),
+        mean=sum(xs) / len(xs),
+        p50=_pct_sorted(xs, 50),
+        p90=_pct_sorted(xs, 90),
+        p99=_pct_sorted(xs, 99),
+        max=xs[-1],
+    )
+
+
+# ---------------------------------------------------------------- rolling window
+
+
+class RollingWindow:
+    """Records that ended in the last `window_s` seconds (perf_counter clock), with running totals.
+
+    Records are expected roughly in end order (they are added as they finish); eviction goes from the left, so
+    a straggler added late is evicted late, never lost. Rates divide by min(window_s, time since reset), floored
+    at `min_span_s` so the first few milliseconds of a run don't show absurd rates.
+    """
+
+    def __init__(self, window_s: float = 10.0, now: float | None = None, *, max_itl: int = 50_000,
+                 min_span_s: float = 0.5) -> None:
+        self.window_s = window_s
+        self.max_itl = max_itl
+        self.min_span_s = min_span_s
+        self._recs: deque[RequestRecord] = deque()
+        self._t0 = perf_counter() if now is None else now
+        self._out_tokens = 0
+        self._completed = 0
+        self._failed = 0
+        self._failures: Counter[str] = Counter()
+
+    def reset(self, now: float) -> None:
+        self._recs.clear()
+        self._t0 = now
+        self._out_tokens = self._completed = self._failed = 0
+        self._failures.clear()
+
+    def add(self, rec: RequestRecord) -> None:
+        self._recs.append(rec)
+        if rec.ok:
+            self._completed += 1
+            self._out_tokens += rec.out_tokens
+        else:
+            self._failed += 1
+            self._failures[rec.error or "unknown"] += 1
+
+    def evict(self, now: float) -> None:
+        cutoff = now - self.window_s
+        recs = self._recs
+        while recs and recs[0].end < cutoff:
+            r = recs.popleft()
+            if r.ok:
+                self._completed -= 1
+                self._out_tokens -= r.out_tokens
+            else:
+                self._failed -= 1
+                k = r.error or "unknown"
+                self._failures[k] -= 1
+                if self._failures[k] <= 0:
+                    del self._failures[k]
+
+    def span(self, now: float) -> float:
+        return max(self.min_span_s, min(self.window_s, now - self._t0))
+
+    def out_tok_s(self, now: float) -> float:
+        self.evict(now)
+        return self._out_tokens / self.span(now)
+
+    def req_s(self, now: float) -> float:
+        self.evict(now)
+        return self._completed / self.span(now)
+
+    @property
+    def completed(self) -> int:
+        return self._completed
+
+    @property
+    def failed(self) -> int:
+        return self._failed
+
+    def __len__(self) -> int:
+        return len(self._recs)
+
+    def ttft_values(self) -> list[float]:
+        return [r.ttft for r in self._recs if r.ok and r.ttft is not None]
+
+    def e2el_values(self) -> list[float]:
+        return [r.e2el for r in self._recs if r.ok]
+
+    def itl_values(self) -> list[float]:
+        """ITLs of the newest records, at most `max_itl` values (re-collected per tick, so bounded)."""
+        out: list[float] = []
+        room = self.max_itl
+        for r in reversed(self._recs):
+            if not r.ok or not r.itl:
+                continue
+            if len(r.itl) >= room:
+                out.extend(islice(reversed(r.itl), room))
+                break
+            out.extend(r.itl)
+            room -= len(r.itl)
+        return out
+
+    def failures(self) -> dict[str, int]:
+        return dict(self._failures.most_common())

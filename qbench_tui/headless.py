@@ -1,0 +1,199 @@
+"""Headless levels: `qbench run` (one level) and `qbench sweep` (the classic table).
+
+The engine runs in this process here: a headless face draws nothing, so it cannot disturb the timestamps
+(the dashboard is what needs the engine in its own process). Server metrics are scraped in the background
+and, to make level deltas exact, once more at each level boundary.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import httpx
+
+from .engine.load import LoadEngine
+from .engine.metrics import ServerSample, fetch_info, parse_metrics
+from .engine.records import RequestRecord, RequestSpec
+from .engine.stats import summarize
+
+
+class Unreachable(RuntimeError):
+    pass
+
+
+@dataclass
+class LevelPlan:
+    concurrency: int
+    mode: str = "wave"
+    duration: float | None = None
+    requests: int | None = None
+    warmup: float = 0.0
+
+
+@dataclass
+class ServerWatch:
+    """Background /metrics scraper keeping every sample (a sweep is minutes long: a few hundred samples)."""
+
+    url: str
+    headers: dict
+    period: float = 1.0
+    samples: list[ServerSample] = field(default_factory=list)
+    schema: str = "none"
+    error: str = ""
+    _task: asyncio.Task | None = None
+
+    async def scrape(self, client: httpx.AsyncClient) -> ServerSample | None:
+        try:
+            r = await client.get("/metrics")
+        except httpx.HTTPError as e:
+            self.error = f"server unreachable: {type(e).__name__}"
+            return None
+        if r.status_code != 200:
+            self.error = "no server metrics"
+            return None
+        try:
+            s = parse_metrics(r.text, time.monotonic())
+        except Exception as e:  # a broken page must never stop a benchmark
+            self.error = f"bad /metrics: {e}"
+            return None
+        self.schema = s.schema
+        if s.schema != "none":
+            self.samples.append(s)
+        return s
+
+    async def _loop(self) -> None:
+        async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=5.0) as client:
+            self._client = client
+            while True:
+                t0 = time.monotonic()
+                await self.scrape(client)
+                await asyncio.sleep(max(0.0, self.period - (time.monotonic() - t0)))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def boundary(self) -> ServerSample | None:
+        async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=5.0) as client:
+            return await self.scrape(client)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def between(self, a: ServerSample | None, b: ServerSample | None) -> dict | None:
+        """Server stats over one level: deltas between the boundary samples, maxima over all samples between."""
+        if a is None or b is None or a.schema == "none":
+            return None
+        inside = [s for s in self.samples if a.t <= s.t <= b.t] or [a, b]
+
+        def delta(name: str) -> float | None:
+            prev, total = None, 0.0
+            for s in inside:
+                v = getattr(s, name)
+                if v is None:
+                    continue
+                if prev is not None:
+                    # a counter that goes down is a restart: count what accrued since it, never a negative rate
+                    total += v - prev if v >= prev else v
+                prev = v
+            return None if prev is None else total
+
+        def peak(name: str) -> float | None:
+            vals = [getattr(s, name) for s in inside if getattr(s, name) is not None]
+            return max(vals) if vals else None
+
+        dq, dh = delta("prefix_cache_queries"), delta("prefix_cache_hits")
+        hit = (dh / dq) if dq else None
+        if hit is None and b.prefix_cache_hit_rate_gauge is not None:
+            hit = b.prefix_cache_hit_rate_gauge
+        return {
+            "generation_tokens": delta("generation_tokens"),
+            "prompt_tokens": delta("prompt_tokens"),
+            "prefix_cache_queries": dq,
+            "prefix_cache_hits": dh,
+            "prefix_cache_hit_rate": hit,
+            "max_kv_cache_usage": peak("kv_cache_usage"),
+            "preemptions": delta("num_preemptions"),
+            "max_running": peak("num_running"),
+            "max_waiting": peak("num_waiting"),
+            "num_gpu_blocks": b.num_gpu_blocks,
+        }
+
+
+async def discover(url: str, headers: dict) -> tuple[str | None, list[str]]:
+    """(vLLM version, model ids). Raises Unreachable when nothing answers."""
+    try:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10.0) as client:
+            return await fetch_info(client)
+    except httpx.HTTPError as e:
+        raise Unreachable(f"cannot reach {url}: {e}") from None
+
+
+def level_duration(records: list[RequestRecord]) -> float:
+    """First measured start to last end (the classic 'total time')."""
+    measured = [r for r in records if not r.warmup]
+    if not measured:
+        return 0.0
+    return max(r.end for r in measured) - min(r.start for r in measured)
+
+
+async def run_level(engine: LoadEngine, plan: LevelPlan) -> list[RequestRecord]:
+    if plan.mode == "wave":
+        return await engine.run_wave(plan.concurrency)
+    return await engine.run_steady(plan.concurrency, duration=plan.duration, requests=plan.requests,
+                                   warmup=plan.warmup)
+
+
+async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: list[LevelPlan],
+                   on_level: Callable[[dict, list[RequestRecord]], None] | None = None,
+                   should_stop: Callable[[], str | None] | None = None) -> tuple[list[dict], str | None]:
+    """Runs the levels in order. Returns (level results in run format, reason it stopped early or None).
+
+    `should_stop` is asked between levels and while a level runs (e.g. "server died"); `on_level` gets each
+    finished level at once so files on disk always hold every finished level.
+    """
+    headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+    watch = ServerWatch(spec.url, headers)
+    watch.start()
+    engine = LoadEngine(spec, prompts)
+    results: list[dict] = []
+    stopped: str | None = None
+    try:
+        for plan in plans:
+            if should_stop and (why := should_stop()):
+                stopped = why
+                break
+            before = await watch.boundary()
+            level_task = asyncio.create_task(run_level(engine, plan))
+            while not level_task.done():
+                await asyncio.wait({level_task}, timeout=0.5)
+                if should_stop and not level_task.done() and (why := should_stop()):
+                    stopped = why
+                    level_task.cancel()
+                    break
+            if stopped:
+                try:
+                    await level_task
+                except (asyncio.CancelledError, Exception):
+                    pass
+                break
+            records = level_task.result()
+            after = await watch.boundary()
+            dur = level_duration(records)
+            lv = summarize(records, dur, plan.concurrency)
+            lv["mode"] = plan.mode
+            lv["server"] = watch.between(before, after)
+            lv["server_metrics"] = watch.schema if watch.schema != "none" else (watch.error or "no server metrics")
+            results.append(lv)
+            if on_level:
+                on_level(lv, records)
+    finally:
+        await engine.stop()
+        await watch.stop()
+    return results, stopped

@@ -1,0 +1,176 @@
+"""Results files: the classic .txt table, the .json (vllm bench serve keys per level) and their names.
+
+Every file is written atomically (temp file + rename) so an interrupted sweep leaves valid files holding the
+levels that finished; the sweep rewrites them after each level.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+TABLE_HEADER = ("Concurrency", "Total Time (s)", "Avg Latency (s)", "Requests/sec", "Tokens/sec")
+
+
+def result_basename(model: str, when: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(when if when is not None else time.time()))
+    safe = (model or "unknown").replace("/", "_").replace(" ", "_")
+    return f"benchmark_{safe}_{stamp}"
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@dataclass
+class RunMeta:
+    """What the results are about. Never holds the API key."""
+
+    url: str
+    model: str
+    vllm_version: str | None = None
+    prompt: str = ""
+    prompt_source: str = "fixed"  # "fixed" | "file:<path>" | "synthetic:<N> tokens"
+    max_tokens: int = 200
+    levels: tuple[int, ...] = ()
+    mode: str = "wave"
+    endpoint: str = "chat"
+    ignore_eos: bool = False
+    unique_prefix: bool = False
+    temperature: float | None = 0.0
+    simulated: bool = False
+    server_config: str = ""  # label of the launched server's flags, when qbench launched it
+    started: float = field(default_factory=time.time)
+    notes: list[str] = field(default_factory=list)  # e.g. "interrupted: server died after level 60"
+
+
+def _f(v: Any, nd: int = 2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def classic_table(levels: list[dict]) -> str:
+    widths = [len(h) for h in TABLE_HEADER]
+    rows = [
+        (str(lv["max_concurrency"]), _f(lv["total_time_s"]), _f(lv["avg_latency_s"]),
+         _f(lv["request_throughput"]), _f(lv["output_throughput"]))
+        for lv in levels
+    ]
+    for r in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, r)]
+    line = lambda cells: " | ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [line(TABLE_HEADER), "-+-".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def render_txt(meta: RunMeta, levels: list[dict], knee: dict | None = None) -> str:
+    sim = "  (SIMULATED server: numbers come from qbench's simulator, not a real model)" if meta.simulated else ""
+    lines = [
+        "qbench-tui benchmark results" + (" — SIMULATED" if meta.simulated else ""),
+        "=" * 60,
+        "Environment",
+        f"  URL:            {meta.url}{sim}",
+        f"  Model:          {meta.model}",
+        f"  vLLM version:   {meta.vllm_version or 'unknown'}",
+    ]
+    if meta.server_config:
+        lines.append(f"  Server config:  {meta.server_config}")
+    lines += [
+        f"  Started:        {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(meta.started))}",
+        "",
+        "Methodology",
+        f"  Prompt:         {meta.prompt!r}" if meta.prompt_source == "fixed" else
+        f"  Prompts:        {meta.prompt_source}",
+        f"  Max tokens:     {meta.max_tokens}" + ("  (ignore_eos)" if meta.ignore_eos else ""),
+        f"  Levels:         {', '.join(str(c) for c in meta.levels)}",
+        f"  Mode:           {meta.mode}" + ("  (exactly C requests fired at once per level; total time = first "
+                                            "start to last end)" if meta.mode == "wave" else
+                                            "  (closed loop at C; warm-up excluded)"),
+        f"  Endpoint:       /v1/{'chat/completions' if meta.endpoint == 'chat' else 'completions'} (streaming)",
+    ]
+    if meta.unique_prefix:
+        lines.append("  Unique prefix:  yes (a random prefix per request defeats prefix caching)")
+    lines += ["", "Results", classic_table(levels), ""]
+    for lv in levels:
+        srv = lv.get("server") or {}
+        lines.append(f"Concurrency {lv['max_concurrency']}: {lv['completed']} ok, {lv['failed']} failed")
+        lines.append(
+            f"  TTFT ms  mean {_f(lv['mean_ttft_ms'])}  p50 {_f(lv['median_ttft_ms'])}  p90 {_f(lv['p90_ttft_ms'])}"
+            f"  p99 {_f(lv['p99_ttft_ms'])}")
+        lines.append(
+            f"  ITL ms   mean {_f(lv['mean_itl_ms'])}  p50 {_f(lv['median_itl_ms'])}  p90 {_f(lv['p90_itl_ms'])}"
+            f"  p99 {_f(lv['p99_itl_ms'])}")
+        lines.append(
+            f"  TPOT ms  mean {_f(lv['mean_tpot_ms'])}  p50 {_f(lv['median_tpot_ms'])}  p99 {_f(lv['p99_tpot_ms'])}")
+        if srv:
+            hit = srv.get("prefix_cache_hit_rate")
+            kv = srv.get("max_kv_cache_usage")
+            lines.append(
+                "  Server   prefix-cache hit rate " + ("-" if hit is None else f"{hit:.1%}")
+                + "  max KV usage " + ("-" if kv is None else f"{kv:.1%}")
+                + f"  preemptions {_f(srv.get('preemptions'), 0)}"
+                + f"  generation tokens {_f(srv.get('generation_tokens'), 0)}")
+        if lv.get("failures"):
+            for reason, n in lv["failures"].items():
+                lines.append(f"  failed {n}x: {reason}")
+    if knee:
+        lines += ["", "Saturation", f"  {knee.get('summary', '')}"]
+    if meta.notes:
+        lines += ["", "Notes"] + [f"  {n}" for n in meta.notes]
+    return "\n".join(lines) + "\n"
+
+
+def render_json(meta: RunMeta, levels: list[dict], knee: dict | None = None) -> str:
+    d = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "qbench-tui",
+        "simulated": meta.simulated,
+        "url": meta.url,
+        "model": meta.model,
+        "vllm_version": meta.vllm_version,
+        "server_config": meta.server_config or None,
+        "started": meta.started,
+        "methodology": {
+            "prompt": meta.prompt if meta.prompt_source == "fixed" else None,
+            "prompt_source": meta.prompt_source,
+            "max_tokens": meta.max_tokens,
+            "levels": list(meta.levels),
+            "mode": meta.mode,
+            "endpoint": meta.endpoint,
+            "ignore_eos": meta.ignore_eos,
+            "unique_prefix": meta.unique_prefix,
+            "temperature": meta.temperature,
+        },
+        "levels": levels,
+        "saturation": knee,
+        "notes": meta.notes,
+    }
+    return json.dumps(d, indent=2) + "\n"
+
+
+def write_results(out_dir: str | Path, base: str, meta: RunMeta, levels: list[dict],
+                  knee: dict | None = None) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    txt, js = out / f"{base}.txt", out / f"{base}.json"
+    atomic_write(txt, render_txt(meta, levels, knee))
+    atomic_write(js, render_json(meta, levels, knee))
+    return txt, js

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qbench_tui.config import ConfigError, load_config, resolve_api_key
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "sample_configs" / "qwen2.5-14b-awq.toml"
+
+
+def test_sample_config_reproduces_the_classic_setup():
+    cfg = load_config(SAMPLE)
+    assert cfg.server.model == "Qwen/Qwen2.5-14B-Instruct-AWQ"
+    assert cfg.server.port == 8001
+    assert cfg.server.host == "127.0.0.1"
+    flags = dict(cfg.server.flags)
+    assert flags == {"max_model_len": 4096, "enable_chunked_prefill": True, "max_num_batched_tokens": 2048,
+                     "enable_prefix_caching": True}
+    assert cfg.load.prompt == "Write a short paragraph explaining why GPUs are good for AI."
+    assert cfg.load.max_tokens == 200
+    assert cfg.sweep.levels == (40, 60, 80)
+    assert cfg.sweep.mode == "wave"
+    assert cfg.source("load.max_tokens") == f"file:{SAMPLE}"
+    assert cfg.source("load.endpoint") == "default"
+
+
+def test_cli_wins_and_is_recorded():
+    cfg = load_config(SAMPLE, {"load.max_tokens": 50, "sweep.levels": "1, 2,3", "load.model": None})
+    assert cfg.load.max_tokens == 50
+    assert cfg.source("load.max_tokens") == "cli"
+    assert cfg.sweep.levels == (1, 2, 3)
+    assert cfg.source("load.model") == "default"  # None means "flag not given"
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("[load]\nmax_tokenz = 3\n", ["c.toml", "max_tokenz", "did you mean 'max_tokens'"]),
+    ("[lode]\nx = 1\n", ["unknown section [lode]", "did you mean 'load'"]),
+    ("[load]\nmax_tokens = 'many'\n", ["max_tokens", "must be an integer", "'many'"]),
+    ("[load]\nmax_tokens = 0\n", ["max_tokens", "> 0"]),
+    ("[sweep]\nmode = 'burst'\n", ["mode", "wave, steady"]),
+    ("[sweep]\nlevels = []\n", ["levels", "non-empty list"]),
+    ("[server]\nport = 70000\n", ["port", "65535"]),
+    ("[load\n", ["not valid TOML"]),
+    ("[load]\nignore_eos = 3\n", ["ignore_eos", "true or false"]),
+])
+def test_bad_config_names_file_key_and_expectation(tmp_path, text, needles):
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    for n in needles:
+        assert n in str(e.value)
+
+
+def test_bad_cli_value_names_the_flag():
+    with pytest.raises(ConfigError, match="--max-tokens"):
+        load_config(None, {"load.max_tokens": -1})
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/qbench.toml")
+
+
+def test_server_flags_keep_order_and_accept_lists(tmp_path):
+    p = _write(tmp_path, '[server]\nmodel = "m"\nb = true\na = ["x", "y"]\nextra_args = ["--foo"]\n'
+                        '[server.env]\nHF_HUB_OFFLINE = "1"\n')
+    cfg = load_config(p)
+    assert cfg.server.flags == (("b", True), ("a", ("x", "y")))
+    assert cfg.server.extra_args == ("--foo",)
+    assert cfg.server.env == (("HF_HUB_OFFLINE", "1"),)
+
+
+def test_steady_without_stop_rule_gets_a_duration():
+    cfg = load_config(None, {"sweep.mode": "steady"})
+    assert cfg.sweep.duration == 30.0
+
+
+def test_api_key_sources(monkeypatch):
+    monkeypatch.delenv("QBENCH_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert resolve_api_key(None) == (None, "none")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-o")
+    assert resolve_api_key(None) == ("sk-o", "env:OPENAI_API_KEY")
+    monkeypatch.setenv("QBENCH_API_KEY", "sk-q")
+    assert resolve_api_key(None) == ("sk-q", "env:QBENCH_API_KEY")
+    assert resolve_api_key("sk-c") == ("sk-c", "cli")
+
+
+def test_bad_config_exits_2_and_starts_nothing(tmp_path):
+    p = _write(tmp_path, "[load]\nmax_tokenz = 3\n")
+    r = subprocess.run([sys.executable, "-m", "qbench_tui.cli", "sweep", "--config", str(p), "--url",
+                        "http://127.0.0.1:9", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert "max_tokenz" in r.stderr and "did you mean 'max_tokens'" in r.stderr
+    assert not (tmp_path / "out").exists()

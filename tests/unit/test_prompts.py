@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qbench_tui.engine.prompts import PromptError, load_prompts, make_prompt_source, synthetic_prompt
+
+
+def test_fixed_prompt_repeats():
+    src = make_prompt_source("hello")
+    assert [src(i) for i in range(3)] == ["hello"] * 3
+
+
+def test_unique_prefix_comes_first_and_differs():
+    src = make_prompt_source("same question", unique_prefix=True)
+    a, b = src(0), src(1)
+    assert a != b and a.endswith("same question") and b.endswith("same question")
+    assert a[:20] != b[:20]  # differs at the START, where prefix caching hashes
+    assert src(0) == a  # deterministic
+
+
+def test_synthetic_length_is_about_n_words():
+    assert len(synthetic_prompt(300).split()) == 300
+    src = make_prompt_source("", prompt_len=50)
+    assert len(src(0).split()) == 50
+
+
+def test_files(tmp_path):
+    (tmp_path / "p.txt").write_text("one\n\ntwo\n")
+    assert load_prompts(str(tmp_path / "p.txt")) == ["one", "two"]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a"}) + "\n"
+                                      + json.dumps({"messages": [{"role": "user", "content": "b"}]}) + "\n")
+    assert load_prompts(str(tmp_path / "p.jsonl")) == ["a", [{"role": "user", "content": "b"}]]
+    share = [{"conversations": [{"from": "human", "value": "q1"}, {"from": "gpt", "value": "a1"}]},
+             {"conversations": [{"from": "gpt", "value": "only answer"}]}]
+    (tmp_path / "s.json").write_text(json.dumps(share))
+    assert load_prompts(str(tmp_path / "s.json")) == ["q1"]
+    src = make_prompt_source("", prompts_file=str(tmp_path / "p.txt"))
+    assert [src(i) for i in range(3)] == ["one", "two", "one"]
+
+
+def test_messages_get_unique_prefix_too(tmp_path):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "b"}]}) + "\n")
+    src = make_prompt_source("", prompts_file=str(tmp_path / "p.jsonl"), unique_prefix=True)
+    m = src(0)
+    assert m[0]["content"].endswith("b") and len(m[0]["content"]) > 10
+
+
+@pytest.mark.parametrize("name, body, msg", [
+    ("x.jsonl", "{bad\n", "not valid JSON"),
+    ("x.jsonl", '{"text": 1}\n', "expected an object"),
+    ("x.txt", "\n\n", "no prompts"),
+    ("x.json", '{"a": 1}', "expected a JSON list"),
+])
+def test_bad_files(tmp_path, name, body, msg):
+    (tmp_path / name).write_text(body)
+    with pytest.raises(PromptError, match=msg):
+        load_prompts(str(tmp_path / name))
+    with pytest.raises(PromptError, match="cannot read"):
+        load_prompts(str(tmp_path / "missing.txt"))
