@@ -57,7 +57,8 @@ def _child_main(cfg, cmd_conn, snaps) -> None:
                     cmd = cmd_conn.recv()
                     session.handle(cmd)
                     if isinstance(cmd, Save):
-                        emit(session.snapshot((), ""))
+                        session.refresh_rows()
+                        emit(session.snapshot())
             except (EOFError, OSError):
                 session.handle(Stop())  # the face is gone
                 loop.remove_reader(cmd_conn.fileno())

@@ -93,6 +93,8 @@ class EngineSession:
         self._stop = asyncio.Event()
         self._level_task: asyncio.Task | None = None
         self._gpu: tuple[dict, ...] = ()
+        self.rows: tuple[SegmentRow, ...] = ()
+        self.knee = ""
 
     # ------------------------------------------------------------ records and segments
 
@@ -263,7 +265,14 @@ class EngineSession:
             ))
         return tuple(rows)
 
-    def snapshot(self, rows: tuple[SegmentRow, ...], knee: str) -> Snapshot:
+    def refresh_rows(self) -> None:
+        """The segment table and the knee change slowly: recomputed at 1 Hz and on demand."""
+        self.rows = self._rows()
+        k = find_knee(self.segment_levels()) if len(self.rows) >= 2 else None
+        self.knee = k["summary"] if k else ""
+
+    def snapshot(self) -> Snapshot:
+        rows, knee = self.rows, self.knee
         now = time.perf_counter()
         self.window.evict(now)
         w = self.window
@@ -347,16 +356,12 @@ class EngineSession:
         if self.cfg.start_concurrency:
             self.handle(SetConcurrency(self.cfg.start_concurrency))
         period = 1.0 / self.cfg.hz
-        rows: tuple[SegmentRow, ...] = ()
-        knee = ""
         tick = 0
         try:
             while not self._stop.is_set():
-                if tick % max(1, int(self.cfg.hz)) == 0:  # the segment table and knee change slowly: 1 Hz
-                    rows = self._rows()
-                    k = find_knee(self.segment_levels()) if len(rows) >= 2 else None
-                    knee = k["summary"] if k else ""
-                self.emit(self.snapshot(rows, knee))
+                if tick % max(1, int(self.cfg.hz)) == 0:
+                    self.refresh_rows()
+                self.emit(self.snapshot())
                 tick += 1
                 try:
                     await asyncio.wait_for(self._stop.wait(), period)
@@ -371,4 +376,5 @@ class EngineSession:
                 t.cancel()
             await asyncio.gather(*loop_tasks, return_exceptions=True)
             self.log.close()
-            self.emit(self.snapshot(self._rows(), knee))
+            self.refresh_rows()
+            self.emit(self.snapshot())

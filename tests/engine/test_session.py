@@ -1,0 +1,139 @@
+"""The live session in its own process: commands in, snapshots out, records and results on disk."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from qbench_tui.engine.process import EngineProcess
+from qbench_tui.engine.records import RequestSpec
+from qbench_tui.engine.session import SessionConfig
+from qbench_tui.engine.snapshot import Pause, ResetWindow, Resume, RunLevel, Save, SetConcurrency
+from tests.fakes.scripted_sse import Scenario, ScriptedSSEServer
+
+
+@pytest.fixture
+def server():
+    with ScriptedSSEServer(default=Scenario(tokens=5, delay=0.01)) as s:
+        yield s
+
+
+@pytest.fixture
+def engine(server, tmp_path):
+    spec = RequestSpec(url=server.url, model="m", max_tokens=5)
+    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), window_s=30))
+    yield eng
+    eng.close()
+
+
+def test_live_control_and_snapshots(engine, server, tmp_path):
+    first = engine.wait_for(lambda s: s.status == "running", 30)
+    assert first is not None and first.target_concurrency == 0 and first.in_flight == 0
+    engine.send(SetConcurrency(4))
+    s = engine.wait_for(lambda s: s.completed_total >= 20 and s.in_flight == 4, 30)
+    assert s is not None, engine.last
+    assert s.target_concurrency == 4 and s.out_tok_s > 0 and s.req_s > 0
+    assert s.ttft.count > 0 and s.itl.count > 0 and s.e2el.p50 is not None
+    assert sum(s.ttft.counts) == s.ttft.count
+    assert s.server.schema == "none"  # the scripted server has no /metrics: shown, not an error
+    seg4 = s.segment
+    assert server.snapshot()["max_current"] <= 4
+
+    engine.send(SetConcurrency(8))
+    s = engine.wait_for(lambda s: s.target_concurrency == 8 and s.in_flight == 8, 30)
+    assert s is not None and s.segment > seg4
+    assert server.snapshot()["max_current"] == 8
+
+    engine.send(Pause())
+    s = engine.wait_for(lambda s: s.status == "paused" and s.in_flight == 0, 30)
+    assert s is not None
+    posts = lambda: sum(1 for r in server.requests if r["path"].endswith("completions"))  # noqa: E731
+    total = posts()
+    engine.wait_for(lambda s: False, 0.5)
+    assert posts() == total  # paused: nothing new starts
+
+    engine.send(Resume())
+    assert engine.wait_for(lambda s: s.status == "running" and s.in_flight > 0, 30) is not None
+
+    engine.send(ResetWindow())
+    assert engine.wait_for(lambda s: "reset" in s.message, 10) is not None
+
+    engine.send(Save(str(tmp_path / "saved")))
+    s = engine.wait_for(lambda s: bool(s.saved), 30)
+    assert s is not None
+    txt, js, records = (Path(p) for p in s.saved)
+    assert txt.exists() and js.exists() and records.exists()
+    levels = json.loads(js.read_text())["levels"]
+    assert {lv["max_concurrency"] for lv in levels} >= {4, 8}
+    assert "Concurrency | Total Time (s)" in txt.read_text()
+    rows = {r.concurrency for r in s.segments}
+    assert {4, 8} <= rows
+
+
+def test_records_complete_after_close(server, tmp_path):
+    spec = RequestSpec(url=server.url, model="m", max_tokens=5)
+    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), start_concurrency=3))
+    try:
+        s = eng.wait_for(lambda s: s.completed_total >= 10, 30)
+        assert s is not None
+    finally:
+        eng.close()
+    assert not eng.alive()
+    last = eng.last
+    assert last is not None and last.status == "stopped"
+    lines = Path(last.records_path).read_text().splitlines()
+    # every finished request is on disk; requests cut by the stop are not records
+    assert len(lines) >= last.completed_total + last.failed_total - 3
+    assert all("segment" in json.loads(x) for x in lines)
+
+
+def test_wave_level_by_command(server, tmp_path):
+    spec = RequestSpec(url=server.url, model="m", max_tokens=5)
+    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path)))
+    try:
+        assert eng.wait_for(lambda s: s.status == "running", 30)
+        posts = lambda: sum(1 for r in server.requests if r["path"].endswith("completions"))  # noqa: E731
+        before = posts()
+        eng.send(RunLevel(6, mode="wave"))
+        s = eng.wait_for(lambda s: "done" in s.message and any(r.concurrency == 6 for r in s.segments), 30)
+        assert s is not None
+        assert posts() - before == 6  # exactly C requests
+        row = next(r for r in s.segments if r.concurrency == 6)
+        assert row.completed == 6
+    finally:
+        eng.close()
+
+
+def test_engine_dies_with_parent(tmp_path, server):
+    """A SIGKILLed face must not leave the engine process behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, time\n"
+        "from qbench_tui.engine.process import EngineProcess\n"
+        "from qbench_tui.engine.records import RequestSpec\n"
+        "from qbench_tui.engine.session import SessionConfig\n"
+        f"e = EngineProcess(SessionConfig(spec=RequestSpec(url='{server.url}', model='m'), prompt='x',"
+        f" out_dir=r'{tmp_path}'))\n"
+        "print(e.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(p.stdout.readline())
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("engine process outlived its parent")
