@@ -196,6 +196,9 @@ def _apply(cfg_parts: dict[str, dict[str, Any]], sources: dict[str, str], sectio
         known = [k for k in types if k != "flags"]
         raise ConfigError(f"{where}: unknown key '{key}' in [{section}]{_suggest(key, known)}")
     coerced = _coerce(where, key, types[key], value)
+    if section == "server" and key in ("model", "vllm_bin") and ("~" in coerced or "$" in coerced):
+        # a local model directory may be written ~/... or $HOME/...; hub ids ("org/name") never contain either
+        coerced = os.path.expandvars(os.path.expanduser(coerced))
     _check_range(where, section, key, coerced)
     cfg_parts[section][key] = coerced
     sources[f"{section}.{key}"] = origin

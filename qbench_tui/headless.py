@@ -128,11 +128,15 @@ class ServerWatch:
 
 async def discover(url: str, headers: dict) -> tuple[str | None, list[str]]:
     """(vLLM version, model ids). Raises Unreachable when nothing answers."""
-    try:
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10.0) as client:
-            return await fetch_info(client)
-    except httpx.HTTPError as e:
-        raise Unreachable(f"cannot reach {url}: {e}") from None
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10.0) as client:
+        try:
+            r = await client.get("/v1/models")
+        except httpx.HTTPError as e:
+            raise Unreachable(f"cannot reach {url}: {e or type(e).__name__}") from None
+        if r.status_code in (401, 403):
+            raise Unreachable(f"{url} refused the API key (HTTP {r.status_code}): give --api-key or set "
+                              "QBENCH_API_KEY") from None
+        return await fetch_info(client)
 
 
 def level_duration(records: list[RequestRecord]) -> float:

@@ -104,3 +104,12 @@ def test_bad_config_exits_2_and_starts_nothing(tmp_path):
     assert r.returncode == 2
     assert "max_tokenz" in r.stderr and "did you mean 'max_tokens'" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_local_model_paths_expand(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    p = _write(tmp_path, '[server]\nmodel = "~/m"\nvllm_bin = "$HOME/bin/vllm"\n')
+    cfg = load_config(p)
+    assert cfg.server.model == f"{tmp_path}/m" and cfg.server.vllm_bin == f"{tmp_path}/bin/vllm"
+    assert load_config(None, {"server.model": "Qwen/Qwen2.5-14B-Instruct-AWQ"}).server.model == \
+        "Qwen/Qwen2.5-14B-Instruct-AWQ"

@@ -1,0 +1,39 @@
+"""Shared fixtures: a real simulator process on a free 127.0.0.1 port (see qbench_tui.live.SimServer)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qbench_tui.live import SimServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def sim_proc():
+    """Factory: sim_proc(profile="h200-fast", *extra_flags) -> a ready SimServer; all are stopped at teardown."""
+    started: list[SimServer] = []
+
+    def start(profile: str = "h200-fast", *extra: str) -> SimServer:
+        s = SimServer(profile, extra=list(extra))
+        started.append(s)
+        s.start()
+        s.wait_ready(60)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def run_qbench(*args: str, timeout: float = 180, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.pop("QBENCH_API_KEY", None)
+    e.pop("OPENAI_API_KEY", None)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "qbench_tui.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=e, cwd=kw.get("cwd"))

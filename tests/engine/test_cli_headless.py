@@ -1,0 +1,122 @@
+"""The headless contract scripts rely on: probe/run/sweep against the simulator over real HTTP."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import run_qbench
+
+RUN_KEYS = {"completed", "failed", "duration", "total_input_tokens", "total_output_tokens", "request_throughput",
+            "output_throughput", "total_token_throughput", "max_concurrency", "total_time_s", "avg_latency_s",
+            "server"} | {f"{s}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el")
+                         for s in ("mean", "median", "p90", "p99")}
+PROBE_KEYS = {"kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "prefix_cache_hit_rate",
+              "num_requests_running", "num_requests_waiting", "num_preemptions", "prompt_tokens",
+              "generation_tokens", "engines", "metrics_schema", "vllm_version", "models"}
+SECRET = "sk-qbench-test-SECRET-123"
+
+
+def test_probe_json(sim_proc):
+    sim = sim_proc()
+    r = run_qbench("probe", "--url", sim.url, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert PROBE_KEYS <= set(d)
+    assert d["metrics_schema"] == "v1" and d["models"] and d["engines"] >= 1
+
+
+def test_probe_unreachable_exits_1():
+    r = run_qbench("probe", "--url", "http://127.0.0.1:9", "--json")
+    assert r.returncode == 1 and "127.0.0.1:9" in r.stderr
+
+
+def test_run_json_keys_and_server_delta(sim_proc):
+    sim = sim_proc()
+    r = run_qbench("run", "--url", sim.url, "-c", "4", "--requests", "12", "--max-tokens", "20", "--ignore-eos",
+                   "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert RUN_KEYS <= set(d)
+    assert d["completed"] == 12 and d["failed"] == 0 and d["max_concurrency"] == 4
+    assert d["total_output_tokens"] == 12 * 20
+    # the client's token count is the server's: Δ vllm:generation_tokens_total over the level
+    assert d["server"]["generation_tokens"] == d["total_output_tokens"]
+
+
+def test_run_prints_bench_block(sim_proc):
+    sim = sim_proc()
+    r = run_qbench("run", "--url", sim.url, "-c", "2", "--requests", "4", "--max-tokens", "8")
+    assert r.returncode == 0, r.stderr
+    assert "Serving Benchmark Result" in r.stdout and "Successful requests:" in r.stdout
+    assert "Median TTFT (ms):" in r.stdout
+
+
+def test_sweep_table_files_and_no_secret(sim_proc, tmp_path):
+    sim = sim_proc()
+    out = tmp_path / "results"
+    r = run_qbench("sweep", "--url", sim.url, "--levels", "2,4", "--max-tokens", "16", "--out", str(out),
+                   "--api-key", SECRET)
+    assert r.returncode == 0, r.stderr
+    assert "Concurrency | Total Time (s) | Avg Latency (s) | Requests/sec | Tokens/sec" in r.stdout
+    txt = list(out.glob("benchmark_*.txt"))
+    js = list(out.glob("benchmark_*.json"))
+    jl = list(out.glob("benchmark_*.requests.jsonl"))
+    assert len(txt) == len(js) == len(jl) == 1
+    d = json.loads(js[0].read_text())
+    assert [lv["max_concurrency"] for lv in d["levels"]] == [2, 4]
+    assert all(RUN_KEYS <= set(lv) for lv in d["levels"])
+    assert d["levels"][0]["completed"] == 2 and d["levels"][1]["completed"] == 4  # wave: exactly C requests
+    lines = jl[0].read_text().splitlines()
+    assert len(lines) == 6 and all(json.loads(x)["ok"] for x in lines)
+    assert "SIMULATED" in txt[0].read_text()
+    for f in out.iterdir():
+        assert SECRET not in f.read_text()
+    assert SECRET not in r.stdout + r.stderr
+
+
+def test_sweep_json_stdout(sim_proc, tmp_path):
+    sim = sim_proc()
+    r = run_qbench("sweep", "--url", sim.url, "--levels", "1,3", "--max-tokens", "8", "--out", str(tmp_path),
+                   "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert [lv["max_concurrency"] for lv in d["levels"]] == [1, 3]
+    assert "saturation" in d
+
+
+def test_sweep_unreachable_exits_1(tmp_path):
+    r = run_qbench("sweep", "--url", "http://127.0.0.1:9", "--levels", "1", "--out", str(tmp_path))
+    assert r.returncode == 1 and "cannot reach" in r.stderr
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert run_qbench("sweep", "--levels", "1").returncode == 2  # no server given
+    assert run_qbench("sweep", "--url", "http://x", "--levels", "a,b").returncode == 2
+    assert run_qbench("run", "--url", "http://x").returncode == 2  # no concurrency
+
+
+def test_interrupted_sweep_keeps_finished_levels(sim_proc, tmp_path):
+    sim = sim_proc()
+    proc = subprocess.Popen([sys.executable, "-m", "qbench_tui.cli", "sweep", "--url", sim.url, "--levels",
+                             "1,2,64", "--max-tokens", "2000", "--ignore-eos", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            js = list(tmp_path.glob("benchmark_*.json"))
+            if js and len(json.loads(js[0].read_text())["levels"]) >= 1:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("first level never finished")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    d = json.loads(js[0].read_text())
+    assert 1 <= len(d["levels"]) < 3
+    assert any("interrupted" in n for n in d["notes"])
+    assert proc.returncode != 0
