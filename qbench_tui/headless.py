@@ -147,11 +147,37 @@ def level_duration(records: list[RequestRecord]) -> float:
     return max(r.end for r in measured) - min(r.start for r in measured)
 
 
-async def run_level(engine: LoadEngine, plan: LevelPlan) -> list[RequestRecord]:
+async def run_level(engine: LoadEngine, plan: LevelPlan) -> tuple[list[RequestRecord], tuple[float, float] | None]:
+    """The level's records and, for a timed steady level, its measurement window (perf_counter)."""
     if plan.mode == "wave":
-        return await engine.run_wave(plan.concurrency)
-    return await engine.run_steady(plan.concurrency, duration=plan.duration, requests=plan.requests,
-                                   warmup=plan.warmup)
+        return await engine.run_wave(plan.concurrency), None
+    t_call = time.perf_counter()
+    records = await engine.run_steady(plan.concurrency, duration=plan.duration, requests=plan.requests,
+                                      warmup=plan.warmup)
+    if plan.duration:
+        t0 = t_call + plan.warmup
+        return records, (t0, t0 + plan.duration)
+    return records, None
+
+
+def summarize_level(records: list[RequestRecord], plan: LevelPlan,
+                    window: tuple[float, float] | None) -> dict:
+    """Wave: the classic total time (first start to last end). Timed steady: rates over the measurement window
+    only, from every request that ENDED inside it (warm-up starts included), so the drain at the end of the
+    level, running below the target concurrency, does not dilute the steady-state throughput."""
+    if window is None:
+        return summarize(records, level_duration(records), plan.concurrency)
+    t0, t1 = window
+    span = t1 - t0
+    lv = summarize(records, span, plan.concurrency)
+    inside = [r for r in records if r.ok and t0 <= r.end <= t1]
+    out_tok = sum(r.out_tokens for r in inside)
+    in_tok = sum(r.in_tokens for r in inside)
+    lv["request_throughput"] = len(inside) / span
+    lv["output_throughput"] = out_tok / span
+    lv["total_token_throughput"] = (in_tok + out_tok) / span
+    lv["window_requests"] = len(inside)
+    return lv
 
 
 async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: list[LevelPlan],
@@ -187,10 +213,9 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: l
                 except (asyncio.CancelledError, Exception):
                     pass
                 break
-            records = level_task.result()
+            records, window = level_task.result()
             after = await watch.boundary()
-            dur = level_duration(records)
-            lv = summarize(records, dur, plan.concurrency)
+            lv = summarize_level(records, plan, window)
             lv["mode"] = plan.mode
             lv["server"] = watch.between(before, after)
             lv["server_metrics"] = watch.schema if watch.schema != "none" else (watch.error or "no server metrics")

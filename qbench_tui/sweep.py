@@ -7,6 +7,7 @@ throughput. Below ELASTICITY_FLOOR while latency rose at least LATENCY_RISE, the
 """
 from __future__ import annotations
 
+KNEE_SHARE = 0.90  # the knee: the first level within 90% of the peak throughput
 ELASTICITY_FLOOR = 0.25  # throughput grew by < 25% of what proportional scaling would give
 LATENCY_RISE = 0.10  # ... while mean end-to-end latency rose by >= 10%
 
@@ -16,6 +17,10 @@ def _lat(lv: dict) -> float | None:
 
 
 def find_knee(levels: list[dict]) -> dict:
+    """The knee is the lowest level already within KNEE_SHARE of the peak throughput; the server is saturated
+    when going from the knee to the highest level returned less than ELASTICITY_FLOOR of proportional scaling
+    while latency rose. Judging knee -> last level (not each neighbouring pair) keeps one noisy level from
+    calling saturation early."""
     pts = sorted((lv for lv in levels if lv.get("completed")), key=lambda lv: lv["max_concurrency"])
     result: dict = {"saturated": False, "knee_concurrency": None, "peak_concurrency": None,
                     "peak_output_throughput": None, "cause": None, "summary": ""}
@@ -23,31 +28,29 @@ def find_knee(levels: list[dict]) -> dict:
         result["summary"] = "no completed levels"
         return result
     peak = max(pts, key=lambda lv: lv["output_throughput"] or 0)
+    ptput = peak["output_throughput"] or 0.0
     result["peak_concurrency"] = peak["max_concurrency"]
-    result["peak_output_throughput"] = peak["output_throughput"]
+    result["peak_output_throughput"] = ptput
     if len(pts) < 2:
         result["summary"] = "one level only: run at least two concurrency levels to find the knee"
         return result
-    for prev, cur in zip(pts, pts[1:]):
-        c0, c1 = prev["max_concurrency"], cur["max_concurrency"]
-        t0, t1 = prev["output_throughput"] or 0.0, cur["output_throughput"] or 0.0
-        l0, l1 = _lat(prev), _lat(cur)
-        if c1 <= c0 or t0 <= 0 or not l0 or not l1:
-            continue
+    knee = next(lv for lv in pts if (lv["output_throughput"] or 0) >= KNEE_SHARE * ptput)
+    last = pts[-1]
+    c0, c1 = knee["max_concurrency"], last["max_concurrency"]
+    t0, t1 = knee["output_throughput"] or 0.0, last["output_throughput"] or 0.0
+    l0, l1 = _lat(knee), _lat(last)
+    if c1 > c0 and t0 > 0 and l0 and l1:
         elasticity = ((t1 - t0) / t0) / (c1 / c0 - 1)
         if elasticity < ELASTICITY_FLOOR and (l1 - l0) / l0 >= LATENCY_RISE:
-            result.update(saturated=True, knee_concurrency=c0)
-            cause = explain(prev, cur)
-            result["cause"] = cause
+            cause = explain(knee, last)
+            result.update(saturated=True, knee_concurrency=c0, cause=cause)
             result["summary"] = (
-                f"saturated past concurrency {c0}: going to {c1} added {(t1 / t0 - 1):+.0%} output tok/s "
+                f"saturated past concurrency {c0}: going to {c1} changed output tok/s by {(t1 / t0 - 1):+.0%} "
                 f"for {(c1 / c0 - 1):+.0%} concurrency while mean latency rose {(l1 / l0 - 1):+.0%}. "
-                f"Peak {peak['output_throughput']:.0f} tok/s at {peak['max_concurrency']}. Why: {cause}")
+                f"Peak {ptput:.0f} tok/s at {peak['max_concurrency']}. Why: {cause}")
             return result
-    last = pts[-1]
     result["summary"] = (f"no saturation up to concurrency {last['max_concurrency']}: throughput still grows "
-                         f"with load (peak {peak['output_throughput']:.0f} tok/s at {peak['max_concurrency']}); "
-                         "try higher levels")
+                         f"with load (peak {ptput:.0f} tok/s at {peak['max_concurrency']}); try higher levels")
     return result
 
 
@@ -66,7 +69,8 @@ def explain(before: dict, after: dict) -> str:
         return (f"the KV cache is full (max usage {kv:.0%}, {pre:.0f} preemptions): requests wait for blocks "
                 "or are recomputed; more GPU memory, a shorter max_model_len or a smaller max_num_seqs help"
                 if kv is not None else f"{pre:.0f} preemptions: the KV cache ran out of blocks")
-    if waiting > 0 and running is not None:
+    conc = after.get("max_concurrency") or 0
+    if running is not None and waiting >= max(1.0, 0.1 * conc) and running < conc:
         return (f"the scheduler's sequence limit: running requests flattened at {running:.0f} while up to "
                 f"{waiting:.0f} waited (max_num_seqs); raise --max-num-seqs if the KV cache has room")
     hit0 = (before.get("server") or {}).get("prefix_cache_hit_rate")
@@ -74,7 +78,7 @@ def explain(before: dict, after: dict) -> str:
     if hit0 is not None and hit1 is not None and hit0 - hit1 > 0.2:
         return f"the prefix-cache hit rate fell from {hit0:.0%} to {hit1:.0%}: prefills are recomputed"
     itl0, itl1 = before.get("median_itl_ms"), after.get("median_itl_ms")
-    if itl0 and itl1:
-        return (f"compute: the batch is as large as it gets and each decode step takes longer "
-                f"(ITL p50 {itl0:.1f} -> {itl1:.1f} ms)")
+    if itl0 and itl1 and itl1 > itl0:
+        return (f"compute: every sequence is already in the batch and each decode step takes longer "
+                f"(ITL p50 {itl0:.2f} -> {itl1:.2f} ms)")
     return "compute: the server produces no more tokens per second at higher concurrency"
