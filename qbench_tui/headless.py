@@ -222,6 +222,12 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: l
             results.append(lv)
             if on_level:
                 on_level(lv, records)
+            if lv["completed"] == 0 and lv["failed"] and all(
+                    r.status is None for r in records if not r.ok):
+                # nothing answered at all: the server is gone; more levels would only repeat the failure
+                first = next(iter(lv["failures"]), "")
+                stopped = f"server gone: every request of level {plan.concurrency} failed ({first})"
+                break
     finally:
         await engine.stop()
         await watch.stop()

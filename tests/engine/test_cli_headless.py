@@ -120,3 +120,34 @@ def test_interrupted_sweep_keeps_finished_levels(sim_proc, tmp_path):
     assert 1 <= len(d["levels"]) < 3
     assert any("interrupted" in n for n in d["notes"])
     assert proc.returncode != 0
+
+
+def test_every_request_failed_exits_1(sim_proc, tmp_path):
+    sim = sim_proc("h200-fast", "--error-rate", "1.0")
+    r = run_qbench("sweep", "--url", sim.url, "--levels", "2", "--max-tokens", "8", "--out", str(tmp_path))
+    assert r.returncode == 1
+    assert "every request failed" in r.stderr and "HTTP 500" in r.stderr  # the reason is shown, not swallowed
+    d = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
+    assert d["levels"][0]["failed"] == 2 and d["levels"][0]["mean_ttft_ms"] is None
+
+
+def test_max_error_rate_exits_3(sim_proc, tmp_path):
+    sim = sim_proc("h200-fast", "--error-rate", "0.5", "--seed", "3")
+    r = run_qbench("run", "--url", sim.url, "-c", "4", "--requests", "40", "--max-tokens", "4",
+                   "--max-error-rate", "0.05", "--json")
+    assert r.returncode == 3, r.stderr
+    d = json.loads(r.stdout)
+    assert d["failed"] > 0 and d["completed"] > 0
+    assert "exceeds --max-error-rate" in r.stderr
+
+
+def test_server_gone_mid_sweep_keeps_finished_levels(sim_proc, tmp_path):
+    sim = sim_proc("h200-fast", "--crash-after", "4")
+    r = run_qbench("sweep", "--url", sim.url, "--levels", "1,2,4,8", "--mode", "steady", "--duration", "2.5",
+                   "--max-tokens", "32", "--out", str(tmp_path))
+    assert r.returncode == 1
+    d = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
+    finished = [lv["max_concurrency"] for lv in d["levels"] if lv["completed"]]
+    assert finished and finished[0] == 1
+    assert len(d["levels"]) < 4
+    assert any("server gone" in n or "stopped early" in n for n in d["notes"])
