@@ -152,7 +152,7 @@ def _engine_factory(args, cfg, url_fn, api_key, simulated: bool, server_label: s
         sc = SessionConfig(spec=spec, prompt=lc.prompt, prompts_file=lc.prompts_file, prompt_len=lc.prompt_len,
                            unique_prefix=lc.unique_prefix, window_s=lc.window_s, out_dir=cfg.sweep.out,
                            simulated=simulated, server_config=server_label)
-        return EngineProcess(sc)
+        return EngineProcess(sc, quiet=True)
 
     return factory
 

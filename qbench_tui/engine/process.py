@@ -7,6 +7,7 @@ if the face falls behind, snapshots are dropped and the face simply shows the ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
@@ -27,8 +28,45 @@ def die_with_parent() -> None:
             pass
 
 
-def _child_main(cfg, cmd_conn, snaps) -> None:
+@contextlib.contextmanager
+def _real_stdio():
+    """A face like Textual replaces sys.stdout/sys.stderr with objects whose fileno() is not a real descriptor;
+    multiprocessing passes sys.stderr.fileno() to its helper processes and fails ("bad value(s) in
+    fds_to_keep"). Give it /dev/null for the duration of the spawn."""
+    saved = sys.stdout, sys.stderr
+    devnull = None
+    try:
+        for name in ("stdout", "stderr"):
+            try:
+                ok = getattr(sys, name).fileno() >= 0
+            except Exception:
+                ok = False
+            if not ok:
+                devnull = devnull or open(os.devnull, "w")
+                setattr(sys, name, devnull)
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+        if devnull is not None:
+            devnull.close()
+
+
+def _quiet_child_output(log_dir: str) -> None:
+    """The child shares the terminal the dashboard draws on: its stray output goes to a log file instead."""
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        fd = os.open(os.path.join(log_dir, "qbench-engine.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _child_main(cfg, cmd_conn, snaps, quiet: bool = False) -> None:
     die_with_parent()
+    if quiet:
+        _quiet_child_output(cfg.out_dir)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the face; it sends Stop
     try:
         import uvloop  # the faster loop, when installed (uvicorn[standard] brings it)
@@ -73,13 +111,15 @@ def _child_main(cfg, cmd_conn, snaps) -> None:
 class EngineProcess:
     """EngineLink over a child process: send(), poll(), close()."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, quiet: bool = False) -> None:
+        """quiet: the face owns the terminal (the dashboard); the child's stray output goes to a log file."""
         ctx = mp.get_context("spawn")  # never fork a process that may hold a terminal UI's state
-        self._cmd_r, self._cmd_w = ctx.Pipe(duplex=False)
-        self._snaps = ctx.Queue(maxsize=32)
-        self._proc = ctx.Process(target=_child_main, args=(cfg, self._cmd_r, self._snaps), daemon=True,
-                                 name="qbench-engine")
-        self._proc.start()
+        with _real_stdio():
+            self._cmd_r, self._cmd_w = ctx.Pipe(duplex=False)
+            self._snaps = ctx.Queue(maxsize=32)
+            self._proc = ctx.Process(target=_child_main, args=(cfg, self._cmd_r, self._snaps, quiet),
+                                     daemon=True, name="qbench-engine")
+            self._proc.start()
         self.last: Snapshot | None = None
         self._closed = False
 

@@ -79,6 +79,19 @@ class SegmentStats:
     first_start: float | None = None
     last_end: float | None = None
     server: dict | None = None  # frozen server stats when the segment closes
+    # Throughput counts what FINISHED while this segment was current (whatever segment the request started in):
+    # a rate over the segment's own wall time. Counting the requests that started in it instead would keep
+    # adding tokens to a closed segment whose duration no longer grows, inflating its rate.
+    explicit: bool = False  # a level asked for (RunLevel), never filtered as a transition
+    done_in: int = 0
+    out_tokens_in: int = 0
+    in_tokens_in: int = 0
+
+    def add_throughput(self, r: RequestRecord) -> None:
+        if r.ok:
+            self.done_in += 1
+            self.out_tokens_in += r.out_tokens
+            self.in_tokens_in += r.in_tokens
 
     def add(self, r: RequestRecord) -> None:
         if r.warmup:
@@ -112,9 +125,9 @@ class SegmentStats:
             "duration": dur,
             "total_input_tokens": self.in_tokens,
             "total_output_tokens": self.out_tokens,
-            "request_throughput": self.completed / dur if dur > 0 else 0.0,
-            "output_throughput": self.out_tokens / dur if dur > 0 else 0.0,
-            "total_token_throughput": (self.in_tokens + self.out_tokens) / dur if dur > 0 else 0.0,
+            "request_throughput": self.done_in / dur if dur > 0 else 0.0,
+            "output_throughput": self.out_tokens_in / dur if dur > 0 else 0.0,
+            "total_token_throughput": (self.in_tokens_in + self.out_tokens_in) / dur if dur > 0 else 0.0,
             "max_concurrency": self.concurrency,
         }
         for name, vals in (("ttft", self.ttft), ("tpot", self.tpot), ("e2el", self.e2el)):

@@ -22,6 +22,7 @@ from .stats import RollingWindow, latency_view
 
 HISTORY = 240  # points kept for sparklines/charts: wider than any chart we draw
 LAG_PERIOD = 0.05
+MIN_SEGMENT_S = 2.0  # shorter segments are transitions, not levels
 CLIENT_CPU_LIMIT = 90.0  # % of one core: past this the client, not the server, may set the pace
 CLIENT_LAG_LIMIT_MS = 20.0
 
@@ -103,6 +104,8 @@ class EngineSession:
         seg = self.segments.get(r.segment)
         if seg is not None:
             seg.add(r)
+        if self.current is not None:
+            self.current.add_throughput(r)
         if r.warmup:
             return
         if r.ok:
@@ -184,6 +187,7 @@ class EngineSession:
             self.engine.new_segment()
             self._open_segment()
             self.current.concurrency = cmd.concurrency  # type: ignore[union-attr]
+            self.current.explicit = True  # type: ignore[union-attr]
             if cmd.mode == "wave":
                 await self.engine.run_wave(cmd.concurrency)
             else:
@@ -199,7 +203,9 @@ class EngineSession:
         now = time.perf_counter()
         out = []
         for seg in self.segments.values():
-            if seg.concurrency <= 0 or (seg.completed + seg.failed) == 0:
+            # a level passed through on the way to another (key repeat) is not a measurement
+            if seg.concurrency <= 0 or (seg.completed + seg.failed) == 0 or (
+                    seg.seconds(now) < MIN_SEGMENT_S and not seg.explicit):
                 continue
             d = seg.summary(now)
             if seg.t_end is None and hasattr(seg, "mono_start"):

@@ -41,6 +41,8 @@ def test_live_control_and_snapshots(engine, server, tmp_path):
     seg4 = s.segment
     assert server.snapshot()["max_current"] <= 4
 
+    engine.wait_for(lambda s: False, 2.0)
+    engine.send(SetConcurrency(5))  # passed through on the way to 8: not a level
     engine.send(SetConcurrency(8))
     s = engine.wait_for(lambda s: s.target_concurrency == 8 and s.in_flight == 8, 30)
     assert s is not None and s.segment > seg4
@@ -60,6 +62,8 @@ def test_live_control_and_snapshots(engine, server, tmp_path):
     engine.send(ResetWindow())
     assert engine.wait_for(lambda s: "reset" in s.message, 10) is not None
 
+    # a level counts once it has lasted 2 s (shorter ones are key-repeat transitions)
+    assert engine.wait_for(lambda s: {4, 8} <= {r.concurrency for r in s.segments}, 30) is not None
     engine.send(Save(str(tmp_path / "saved")))
     s = engine.wait_for(lambda s: bool(s.saved), 30)
     assert s is not None
@@ -69,7 +73,9 @@ def test_live_control_and_snapshots(engine, server, tmp_path):
     assert {lv["max_concurrency"] for lv in levels} >= {4, 8}
     assert "Concurrency | Total Time (s)" in txt.read_text()
     rows = {r.concurrency for r in s.segments}
-    assert {4, 8} <= rows
+    assert {4, 8} <= rows and 5 not in rows
+    row4 = next(r for r in s.segments if r.concurrency == 4)
+    assert row4.seconds >= 2.0 and row4.tok_s > 0 and row4.ttft_p50 is not None
 
 
 def test_records_complete_after_close(server, tmp_path):
