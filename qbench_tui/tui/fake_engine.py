@@ -1,0 +1,394 @@
+"""Stand-ins for the engine process and a launched server, for tests, snapshots and bench/ui_cpu.py.
+
+`FakeEngine` implements EngineLink. It records every Command in `sent` and answers with Snapshots:
+
+* fixed mode (default): one scripted Snapshot (``sample_snapshot()`` unless given), re-emitted only when a
+  command changed what it shows (target, paused, saved paths). Numbers never move, so SVG snapshots are stable.
+* evolving mode (``evolve=True``): a new Snapshot every ``period`` seconds of its clock; in_flight follows the
+  target unless paused, throughput and latency wobble deterministically, histories grow, each SetConcurrency
+  opens a new segment. Good for pilot tests and for measuring the UI's CPU cost.
+
+Nothing here imports textual: the fakes are plain data.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from qbench_tui.engine.snapshot import (
+    Command,
+    LatencyView,
+    Pause,
+    ResetWindow,
+    Resume,
+    RunLevel,
+    Save,
+    SegmentRow,
+    ServerView,
+    SetConcurrency,
+    Snapshot,
+    Stop,
+)
+from qbench_tui.server.handle import Phase
+
+_EDGES = tuple(round(0.005 * (1.35**i), 6) for i in range(25))  # 5 ms .. ~7 s, log-spaced
+
+
+def _bell(center_bin: float, width: float, total: int, n: int = len(_EDGES) - 1) -> tuple[int, ...]:
+    w = [math.exp(-((i - center_bin) ** 2) / (2 * width * width)) for i in range(n)]
+    s = sum(w) or 1.0
+    return tuple(int(round(total * x / s)) for x in w)
+
+
+def _view(center_bin: float, width: float, total: int) -> LatencyView:
+    counts = _bell(center_bin, width, total)
+    mids = [(_EDGES[i] * _EDGES[i + 1]) ** 0.5 for i in range(len(counts))]
+
+    def q(p: float) -> float:
+        acc, target = 0, p * sum(counts)
+        for m, c in zip(mids, counts):
+            acc += c
+            if acc >= target:
+                return round(m, 6)
+        return round(mids[-1], 6)
+
+    last = max((i for i, c in enumerate(counts) if c), default=0)
+    mean = sum(m * c for m, c in zip(mids, counts)) / max(1, sum(counts))
+    return LatencyView(
+        edges=_EDGES,
+        counts=counts,
+        count=sum(counts),
+        mean=round(mean, 6),
+        p50=q(0.5),
+        p90=q(0.9),
+        p99=q(0.99),
+        max=round(_EDGES[last + 1], 6),
+    )
+
+
+def sample_snapshot(*, simulated: bool = False, schema: str = "v1", gpu: bool = True) -> Snapshot:
+    """A busy, fixed Snapshot (C=64, three segments visited) with every panel populated."""
+    tok_hist = tuple(float(900 + 40 * i + (35 if i % 3 == 0 else 0)) for i in range(60))
+    kv_hist = tuple(round(0.2 + 0.01 * i, 3) for i in range(60))
+    if schema == "none":
+        server = ServerView(reachable=True, schema="none", model="my-model")
+    else:
+        server = ServerView(
+            reachable=True,
+            schema=schema,
+            model="Qwen/Qwen2.5-14B-Instruct-AWQ",
+            vllm_version="0.11.0",
+            engines=1,
+            kv_cache_usage=0.78,
+            prefix_hit_rate=0.4215,
+            num_running=61.0,
+            num_waiting=3.0,
+            preemptions_total=12.0,
+            preemptions_per_s=0.25,
+            gen_tok_s=3301.4,
+            prompt_tok_s=8200.0,
+            kv_history=kv_hist,
+            running_history=tuple(float(min(64, 4 * i)) for i in range(60)),
+            waiting_history=tuple(float(i % 4) for i in range(60)),
+            num_gpu_blocks=9000,
+            block_size=16,
+            gpu=(
+                {"index": 0, "name": "NVIDIA H200", "util": 97.0, "mem_used": 120_000.0, "mem_total": 143_771.0,
+                 "power": 612.0},
+            )
+            if gpu
+            else (),
+        )
+    segs = (
+        SegmentRow(1, 8, 30.0, 240, 0, 8.0, 1010.2, 0.98, 0.041, 0.090, 0.0121, 0.40, 1015.0, 0.11, 0.0, 0.0),
+        SegmentRow(2, 32, 30.0, 720, 1, 24.0, 2890.7, 1.31, 0.065, 0.180, 0.0150, 0.41, 2900.0, 0.45, 0.0, 1.0),
+        SegmentRow(3, 64, 21.5, 960, 4, 44.7, 3288.1, 1.42, 0.110, 0.420, 0.0190, 0.42, 3301.4, 0.78, 12.0, 5.0),
+    )
+    return Snapshot(
+        t=81.5,
+        status="running",
+        target_concurrency=64,
+        in_flight=63,
+        segment=3,
+        window_s=30.0,
+        out_tok_s=3288.1,
+        req_s=44.7,
+        completed_total=1920,
+        failed_total=5,
+        tok_s_history=tok_hist,
+        req_s_history=tuple(v / 74.0 for v in tok_hist),
+        ttft=_view(8.0, 2.0, 960),
+        itl=_view(2.5, 1.2, 90_000),
+        e2el=_view(17.0, 1.5, 960),
+        failures=(("timeout", 3), ("http 503", 2)),
+        last_error="http 503: Service Unavailable (queue full)",
+        client_cpu_pct=23.5,
+        loop_lag_ms=1.8,
+        client_limited=False,
+        server=server,
+        segments=segs,
+        records_path="results/requests.jsonl",
+        simulated=simulated,
+    )
+
+
+class FakeEngine:
+    """EngineLink for tests: records commands, returns scripted or evolving Snapshots."""
+
+    def __init__(
+        self,
+        base: Snapshot | None = None,
+        *,
+        evolve: bool = False,
+        period: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+        history: int = 300,
+    ) -> None:
+        self.base = base if base is not None else sample_snapshot()
+        self.evolve = evolve
+        self.period = period
+        self.clock = clock
+        self.sent: list[Command] = []
+        self.closed = False
+        self.polls = 0
+        # fixed mode starts from the scripted numbers; evolving mode from an idle engine, like the real one
+        self.target = 0 if evolve else self.base.target_concurrency
+        self.paused = self.base.status == "paused"
+        self.saved: tuple[str, ...] = ()
+        self._dirty = True
+        self._t0 = clock()
+        self._last_emit = -math.inf
+        self._step = 0
+        self._in_flight = 0.0 if evolve else float(self.base.in_flight)
+        self._tok_hist: deque[float] = deque(maxlen=history)
+        self._req_hist: deque[float] = deque(maxlen=history)
+        self._kv_hist: deque[float] = deque(maxlen=history)
+        self._segments: list[SegmentRow] = [] if evolve else list(self.base.segments)
+        self._seg_start = 0.0
+        self._completed = 0
+        self._failed = 0
+        self._window_reset_at = 0.0
+
+    # ------------------------------------------------------------------ EngineLink
+    def send(self, cmd: Command) -> None:
+        if self.closed:
+            raise RuntimeError("FakeEngine: send after close")
+        self.sent.append(cmd)
+        if isinstance(cmd, SetConcurrency):
+            self.target = cmd.n
+            self._new_segment()
+        elif isinstance(cmd, RunLevel):
+            self.target = cmd.concurrency
+            self._new_segment()
+        elif isinstance(cmd, Pause):
+            self.paused = True
+        elif isinstance(cmd, Resume):
+            self.paused = False
+        elif isinstance(cmd, ResetWindow):
+            self._window_reset_at = self.clock() - self._t0
+        elif isinstance(cmd, Save):
+            out = cmd.out_dir
+            self.saved = (os.path.join(out, "qbench_fake.txt"), os.path.join(out, "qbench_fake.json"))
+        elif isinstance(cmd, Stop):
+            self.paused = True
+        self._dirty = True
+
+    def poll(self) -> Snapshot | None:
+        if self.closed:
+            return None
+        self.polls += 1
+        if self.evolve:
+            now = self.clock() - self._t0
+            if now - self._last_emit < self.period:
+                return None
+            self._last_emit = now
+            return self._evolved(now)
+        if not self._dirty:
+            return None
+        self._dirty = False
+        return self._fixed()
+
+    def close(self) -> None:
+        self.closed = True
+
+    # ------------------------------------------------------------------ helpers
+    def push(self, snapshot: Snapshot) -> None:
+        """Fixed mode: make `snapshot` the scripted one; the next poll returns it (with command effects)."""
+        self.base = snapshot
+        self.target = snapshot.target_concurrency
+        self.paused = snapshot.status == "paused"
+        self._dirty = True
+
+    def commands(self, kind: type) -> list[Command]:
+        return [c for c in self.sent if isinstance(c, kind)]
+
+    def _status(self) -> str:
+        if any(isinstance(c, Stop) for c in self.sent):
+            return "stopped"
+        return "paused" if self.paused else "running"
+
+    def _fixed(self) -> Snapshot:
+        b = self.base
+        return replace(
+            b,
+            status=self._status() if self.sent else b.status,
+            target_concurrency=self.target,
+            in_flight=0 if self.paused else min(self.target, b.in_flight),
+            segment=b.segment + len(self.commands(SetConcurrency)),
+            saved=self.saved,
+        )
+
+    def _new_segment(self) -> None:
+        if not self.evolve:
+            return
+        now = self.clock() - self._t0
+        self._seg_start = now
+
+    def _evolved(self, now: float) -> Snapshot:
+        self._step += 1
+        k = self._step
+        target = 0 if self.paused else self.target
+        # in_flight approaches the target over ~1 s, as a pool of workers ramps or drains
+        self._in_flight += (target - self._in_flight) * 0.5
+        inflight = int(round(self._in_flight))
+        wobble = 1.0 + 0.05 * math.sin(k / 3.0)
+        tok_s = 55.0 * inflight * wobble / (1.0 + inflight / 96.0)
+        req_s = tok_s / 110.0
+        if k % 4 == 0:  # one history point per second
+            self._tok_hist.append(round(tok_s, 1))
+            self._req_hist.append(round(req_s, 2))
+            self._kv_hist.append(round(min(1.0, inflight / 90.0) * (0.95 + 0.05 * math.sin(k / 7.0)), 3))
+        self._completed += int(round(req_s * self.period))
+        if k % 40 == 0:
+            self._failed += 1
+        level_scale = 1.0 + inflight / 32.0
+        seg_no = len(self.commands(SetConcurrency)) + len(self.commands(RunLevel))
+        row = SegmentRow(
+            segment=seg_no,
+            concurrency=self.target,
+            seconds=round(now - self._seg_start, 1),
+            completed=self._completed,
+            failed=self._failed,
+            req_s=round(req_s, 2),
+            tok_s=round(tok_s, 1),
+            avg_latency=0.9 * level_scale,
+            ttft_p50=0.03 * level_scale,
+            ttft_p99=0.09 * level_scale,
+            itl_p50=0.011 * (1 + inflight / 128.0),
+            prefix_hit_rate=0.4,
+            server_gen_tok_s=round(tok_s * 1.01, 1),
+            max_kv_usage=self._kv_hist[-1] if self._kv_hist else 0.0,
+        )
+        if seg_no:
+            if self._segments and self._segments[-1].segment == seg_no:
+                self._segments[-1] = row
+            else:
+                self._segments.append(row)
+        shift = math.log(level_scale, 1.35)
+        kv = self._kv_hist[-1] if self._kv_hist else 0.0
+        return Snapshot(
+            t=round(now, 3),
+            status=self._status(),
+            target_concurrency=self.target,
+            in_flight=inflight,
+            segment=seg_no,
+            window_s=30.0,
+            out_tok_s=round(tok_s, 1),
+            req_s=round(req_s, 2),
+            completed_total=self._completed,
+            failed_total=self._failed,
+            tok_s_history=tuple(self._tok_hist),
+            req_s_history=tuple(self._req_hist),
+            ttft=_view(6.0 + shift + 0.3 * math.sin(k / 5.0), 1.8, max(1, int(req_s * 30))),
+            itl=_view(2.0 + shift / 3 + 0.2 * math.sin(k / 4.0), 1.0, max(1, int(tok_s * 30))),
+            e2el=_view(15.0 + shift + 0.3 * math.sin(k / 6.0), 1.4, max(1, int(req_s * 30))),
+            failures=(("timeout", self._failed),) if self._failed else (),
+            last_error="timeout after 600 s" if self._failed else "",
+            client_cpu_pct=round(5 + inflight * 0.4, 1),
+            loop_lag_ms=round(0.5 + inflight / 40.0, 2),
+            client_limited=False,
+            server=replace(
+                self.base.server,
+                kv_cache_usage=kv,
+                num_running=float(inflight),
+                num_waiting=float(max(0, inflight - 60)),
+                gen_tok_s=round(tok_s * 1.01, 1),
+                kv_history=tuple(self._kv_hist),
+                running_history=tuple(float(inflight) for _ in range(min(60, len(self._kv_hist)))),
+            ),
+            segments=tuple(self._segments),
+            records_path="results/requests.jsonl",
+            simulated=self.base.simulated,
+            saved=self.saved,
+        )
+
+
+@dataclass
+class FakeServer:
+    """ServerHandle stand-in whose state tests move by hand (`advance`, `fail`)."""
+
+    url: str = "http://127.0.0.1:8000"
+    command_line: str = "vllm serve Qwen/Qwen2.5-14B-Instruct-AWQ --port 8000"
+    _state: str = "starting"
+    _returncode: int | None = None
+    _error: str = ""
+    _phases: list[Phase] = field(default_factory=lambda: [Phase("process started", 0.0)])
+    _log: list[str] = field(default_factory=lambda: ["INFO starting vLLM API server"])
+    _kv_tokens: int | None = None
+    _max_conc: float | None = None
+    stopped: int = 0
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def returncode(self) -> int | None:
+        return self._returncode
+
+    @property
+    def error(self) -> str:
+        return self._error
+
+    def phases(self) -> list[Phase]:
+        return list(self._phases)
+
+    def log_tail(self, n: int = 40) -> list[str]:
+        return self._log[-n:]
+
+    def kv_cache_tokens(self) -> int | None:
+        return self._kv_tokens
+
+    def max_concurrency(self) -> float | None:
+        return self._max_conc
+
+    def stop(self) -> None:
+        self.stopped += 1
+        if self._state in ("starting", "ready"):
+            self._state = "stopped"
+
+    # ------------------------------------------------------------------ test controls
+    def add_phase(self, name: str, at: float, detail: str = "", log: str = "") -> None:
+        self._phases.append(Phase(name, at, detail))
+        if log:
+            self._log.append(log)
+
+    def advance(self, kv_tokens: int = 123_456, max_conc: float = 30.1) -> None:
+        """Walk through the usual phases and become ready."""
+        self.add_phase("loading weights", 1.0, log="INFO Loading weights")
+        self.add_phase("weights loaded", 9.5, "5.2 GiB", log="INFO Loading weights took 8.50 s")
+        self._kv_tokens, self._max_conc = kv_tokens, max_conc
+        self.add_phase("KV cache", 20.0, f"KV cache {kv_tokens:,} tokens, max concurrency {max_conc}x",
+                       log=f"INFO GPU KV cache size: {kv_tokens:,} tokens")
+        self.add_phase("ready", 31.0, log="INFO Application startup complete.")
+        self._state = "ready"
+
+    def fail(self, returncode: int = 1, error: str = "CUDA out of memory") -> None:
+        self._log.append(f"ERROR torch.OutOfMemoryError: {error}")
+        self._state = "failed"
+        self._returncode = returncode
+        self._error = error

@@ -1,0 +1,1 @@
+"""Screens: startup (server launch), dashboard, help, concurrency input."""

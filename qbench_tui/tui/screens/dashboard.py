@@ -1,0 +1,103 @@
+"""The live dashboard. Keys live here (not on the App) so modal screens never see them."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+
+from qbench_tui.engine.snapshot import Snapshot
+from qbench_tui.tui.widgets.panels import (
+    ControlBar,
+    FailuresPanel,
+    GpuPanel,
+    LatencyPanel,
+    LogPanel,
+    ServerPanel,
+    StatusLine,
+    ThroughputPanel,
+)
+from qbench_tui.tui.widgets.segments import SegmentTable
+
+if TYPE_CHECKING:
+    from qbench_tui.tui.app import QBenchApp
+
+
+class DashboardScreen(Screen):
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
+
+    BINDINGS = [
+        # priority: arrows and paging must reach the control even if a panel ever takes focus
+        Binding("up,plus", "app.change_concurrency(1)", "+1", priority=True, key_display="↑/+"),
+        Binding("down,minus", "app.change_concurrency(-1)", "-1", priority=True, key_display="↓/-"),
+        Binding("pageup,shift+up", "app.change_concurrency(10)", "+10", show=False, priority=True),
+        Binding("pagedown,shift+down", "app.change_concurrency(-10)", "-10", show=False, priority=True),
+        Binding("c", "app.ask_concurrency", "Set C"),
+        Binding("space", "app.toggle_pause", "Pause"),
+        Binding("r", "app.reset_window", "Reset", show=False),
+        Binding("l", "cycle_latency", "Latency", show=False),
+        Binding("s", "app.save", "Save"),
+        Binding("question_mark", "app.show_help", "Help", key_display="?"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, *, show_log: bool) -> None:
+        super().__init__(id="dashboard")
+        self.show_log = show_log
+
+    @property
+    def qapp(self) -> "QBenchApp":
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield ControlBar(id="control")
+        with Horizontal(id="row-top"):
+            yield ThroughputPanel(id="throughput", classes="panel")
+            yield ServerPanel(id="server", classes="panel")
+        yield LatencyPanel(id="latency")
+        with Horizontal(id="row-bottom"):
+            table = SegmentTable(id="segments", classes="panel")
+            table.border_title = "Segments"
+            yield table
+            with Vertical(id="side"):
+                yield FailuresPanel(id="failures", classes="panel")
+                yield GpuPanel(id="gpu", classes="panel")
+                if self.show_log:
+                    yield LogPanel(id="log", classes="panel")
+        yield StatusLine(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.qapp.snapshot is None:
+            self.show_control(None)
+
+    def show_control(self, snap: Snapshot | None) -> None:
+        app = self.qapp
+        self.query_one(ControlBar).show(
+            snap, target=app.target, paused=app.paused, simulated=app.is_simulated, engine=app.engine is not None
+        )
+
+    def show(self, snap: Snapshot, now: float) -> None:
+        """One tick: numbers always, charts through their own <= 1 Hz gates."""
+        self.show_control(snap)
+        self.query_one(ThroughputPanel).show(snap, now)
+        self.query_one(LatencyPanel).show(snap, now)
+        self.query_one(ServerPanel).show(snap, now)
+        self.query_one(FailuresPanel).show(snap)
+        self.query_one(GpuPanel).show(snap)
+        self.query_one(SegmentTable).show(snap.segments)
+        self.query_one(StatusLine).show(snap)
+
+    def show_log_lines(self, lines: list[str], state: str) -> None:
+        if self.show_log:
+            self.query_one(LogPanel).show_lines(lines, state)
+
+    def action_cycle_latency(self) -> None:
+        title = self.query_one(LatencyPanel).cycle()
+        if self.has_class("-narrow"):
+            self.notify(f"latency: {title}", timeout=1.5)

@@ -1,0 +1,43 @@
+"""`?`: every key in one place."""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+# (keys, what) - the single source for the help screen; the bindings live on DashboardScreen
+KEYS: tuple[tuple[str, str], ...] = (
+    ("↑ / +", "concurrency +1"),
+    ("↓ / -", "concurrency -1"),
+    ("PgUp / shift+↑", "concurrency +10"),
+    ("PgDn / shift+↓", "concurrency -10"),
+    ("c", "type a concurrency (0..4096)"),
+    ("space", "pause / resume the load"),
+    ("r", "reset the rolling window"),
+    ("l", "cycle latency histogram (narrow screens)"),
+    ("s", "save results now (.txt, .json, records)"),
+    ("ctrl+p", "command palette (all actions)"),
+    ("?", "this help"),
+    ("q / ctrl+c", "save, stop the load and the server, quit"),
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [
+        Binding("escape", "dismiss", "Close"),
+        Binding("question_mark", "dismiss", "Close", show=False),
+        Binding("q", "dismiss", "Close", show=False),
+    ]
+
+    def compose(self) -> ComposeResult:
+        width = max(len(k) for k, _ in KEYS) + 2
+        body = "\n".join(f"[b]{k.ljust(width)}[/]{what}" for k, what in KEYS)
+        with Vertical(id="help-box") as box:
+            box.border_title = "qbench keys"
+            box.border_subtitle = "esc to close"
+            yield Static(body, id="help-body")
+
+    async def action_dismiss(self, result: None = None) -> None:
+        self.dismiss(None)

@@ -1,0 +1,93 @@
+"""Shown while a launched server starts: phases with their durations, KV cache size, log tail, cancel."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.markup import escape
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+
+from qbench_tui.server.handle import ServerHandle
+from qbench_tui.tui.widgets.panels import Field
+
+if TYPE_CHECKING:
+    from qbench_tui.tui.app import QBenchApp
+
+
+def phase_lines(phases, elapsed: float, state: str) -> list[str]:
+    """One line per phase: name, when it began, how long it took (the last one ticks while starting)."""
+    lines = []
+    for i, ph in enumerate(phases):
+        if i + 1 < len(phases):
+            took, mark = f"{phases[i + 1].at - ph.at:6.1f} s", "[$success]✔[/]"
+        elif state == "starting":
+            took, mark = f"{max(0.0, elapsed - ph.at):6.1f} s…", "[$warning]◌[/]"
+        elif state == "ready":
+            took, mark = "", "[$success]✔[/]"
+        else:
+            took, mark = "", "[$error]✘[/]"
+        detail = f"  [$text-muted]{escape(ph.detail)}[/]" if ph.detail else ""
+        lines.append(f" {mark} {escape(ph.name):<18} at {ph.at:6.1f} s  {took:>9}{detail}")
+    return lines
+
+
+class StartupScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.cancel_startup", "Cancel"),
+        Binding("q", "app.cancel_startup", "Cancel / quit"),
+    ]
+
+    def __init__(self, server: ServerHandle, clock: Callable[[], float]) -> None:
+        super().__init__(id="startup")
+        self.server = server
+        self.clock = clock
+        self.t0 = clock()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="startup-box", classes="panel") as box:
+            box.border_title = "Starting server"
+            yield Field("", id="startup-status", relayout=True)
+            yield Field("", id="startup-cmd", relayout=True)
+            yield Field("", id="startup-phases", relayout=True)
+            yield Field("", id="startup-kv", relayout=True)
+        with Vertical(id="startup-log", classes="panel") as log:
+            log.border_title = "log"
+            yield Field("", id="startup-log-text")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_view()
+
+    def refresh_view(self) -> None:
+        s = self.server
+        state = s.state
+        elapsed = self.clock() - self.t0
+        if state == "starting":
+            status = f"[b $warning]starting[/] {escape(s.url)}  elapsed [b]{elapsed:.1f} s[/]   (esc: stop server and exit)"
+        elif state == "ready":
+            status = f"[b $success]ready[/] {escape(s.url)}"
+        else:
+            rc = s.returncode
+            status = (
+                f"[b reverse $error] server {escape(state)} [/]  exit code [b]{rc if rc is not None else '?'}[/]"
+                f"  {escape(s.error)}\n[$text-muted]q: quit[/]"
+            )
+        self.query_one("#startup-status", Field).set(status)
+        self.query_one("#startup-cmd", Field).set(f"[$text-muted]$ {escape(s.command_line)}[/]")
+        self.query_one("#startup-phases", Field).set("\n".join(phase_lines(s.phases(), elapsed, state)))
+        kv, mc = s.kv_cache_tokens(), s.max_concurrency()
+        parts = []
+        if kv is not None:
+            parts.append(f"KV cache [b]{kv:,}[/] tokens")
+        if mc is not None:
+            parts.append(f"max concurrency [b]{mc:.1f}x[/]")
+        self.query_one("#startup-kv", Field).set("  ".join(parts))
+        height = max(5, self.query_one("#startup-log").size.height - 2)
+        self.query_one("#startup-log-text", Field).set("\n".join(escape(x) for x in s.log_tail(height)))
+        failed = state in ("failed", "stopped")
+        self.set_class(failed, "-failed")
+        self.query_one("#startup-box").border_title = f"Server {state}" if failed else "Starting server"

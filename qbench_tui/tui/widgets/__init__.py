@@ -1,0 +1,1 @@
+"""Dashboard panels. Each panel takes a Snapshot and repaints only what changed."""

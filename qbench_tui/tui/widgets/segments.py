@@ -1,0 +1,75 @@
+"""Live results table: one row per concurrency level visited, cells updated in place."""
+from __future__ import annotations
+
+from textual.widgets import DataTable
+
+from qbench_tui.engine.snapshot import SegmentRow
+from qbench_tui.tui.widgets.fmt import dur, num, pct
+
+COLUMNS = (
+    ("seg", "#"),
+    ("level", "level"),
+    ("seconds", "secs"),
+    ("req_s", "req/s"),
+    ("tok_s", "tok/s"),
+    ("avg", "avg lat"),
+    ("ttft50", "TTFT50"),
+    ("ttft99", "TTFT99"),
+    ("itl50", "ITL50"),
+    ("prefix", "prefix"),
+    ("done", "done/failed"),
+)
+
+
+def row_cells(r: SegmentRow) -> tuple[str, ...]:
+    return (
+        str(r.segment),
+        str(r.concurrency),
+        f"{r.seconds:.0f}",
+        num(r.req_s, 2),
+        num(r.tok_s, 1),
+        dur(r.avg_latency),
+        dur(r.ttft_p50),
+        dur(r.ttft_p99),
+        dur(r.itl_p50),
+        pct(r.prefix_hit_rate),
+        f"{r.completed:,}/{r.failed:,}",
+    )
+
+
+class SegmentTable(DataTable):
+    DEFAULT_CSS = """
+    SegmentTable { height: 1fr; }
+    """
+
+    def __init__(self, **kw) -> None:
+        super().__init__(cursor_type="none", zebra_stripes=True, show_cursor=False, **kw)
+        self.can_focus = False  # arrows belong to the concurrency control
+        self._rows: dict[int, tuple[str, ...]] = {}
+        self.cell_updates = 0
+
+    def on_mount(self) -> None:
+        for key, label in COLUMNS:
+            self.add_column(label, key=key)
+
+    def show(self, rows: tuple[SegmentRow, ...]) -> None:
+        seen = set()
+        added = False
+        for r in rows:
+            seen.add(r.segment)
+            cells = row_cells(r)
+            old = self._rows.get(r.segment)
+            if old is None:
+                self.add_row(*cells, key=str(r.segment))
+                added = True
+            else:
+                for (col, _), new, prev in zip(COLUMNS, cells, old):
+                    if new != prev:
+                        self.update_cell(str(r.segment), col, new)
+                        self.cell_updates += 1
+            self._rows[r.segment] = cells
+        for gone in [s for s in self._rows if s not in seen]:
+            self.remove_row(str(gone))
+            del self._rows[gone]
+        if added:
+            self.scroll_end(animate=False)
