@@ -30,6 +30,15 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[bytes]:
         if self.done:
             return []
+        if not self._buf and self._data is None and chunk.startswith(b"data: "):
+            # fast path, the usual read: exactly one whole `data: X\n\n` event
+            n = len(chunk)
+            if chunk.find(b"\n") == n - 2 and chunk.endswith(b"\n\n") and n > 8 and chunk[n - 3] != 13:
+                value = chunk[6 : n - 2]
+                if value == _DONE:
+                    self.done = True
+                    return []
+                return [value]
         buf = self._buf + chunk if self._buf else bytes(chunk)
         out: list[bytes] = []
         pos = 0
