@@ -173,8 +173,11 @@ def _run_app(factory, server, cfg, args, simulated: bool, title: str) -> int:
     try:
         app.run()
     finally:
+        app.close_all()  # blocking fallback; a no-op when the app already shut everything down
         if server is not None:
             server.stop()
+    if app.saved_paths:
+        print("saved: " + "\n       ".join(app.saved_paths))
     return int(app.return_code or 0)
 
 

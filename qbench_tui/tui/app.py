@@ -192,8 +192,14 @@ class QBenchApp(App):
         state = server.state
         if state != self._server_state and state in ("failed", "stopped") and not self.closed:
             rc = server.returncode
+            if self.engine is not None and self._server_state == "ready":
+                # died under load: stop sending into the void and keep what was measured so far
+                self.engine.send(Pause())
+                self.engine.send(Save(self.out_dir))
+                self.paused = True
             self.notify(
-                f"server {state} (exit code {rc if rc is not None else '?'}) {server.error}".strip(),
+                f"server {state} (exit code {rc if rc is not None else '?'}) {server.error}".strip()
+                + ("; load paused, results saved" if self.engine is not None else ""),
                 severity="error",
                 timeout=30,
             )

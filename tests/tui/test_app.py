@@ -512,12 +512,15 @@ def test_fake_engine_and_link_import_no_textual():
 
 async def test_server_dying_under_load_is_notified():
     server = FakeServer(_state="ready")
-    app, _, _ = build_app(server=server)
+    app, eng, _ = build_app(server=server)
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(app, pilot)
         server.fail(returncode=-9, error="killed")
         await settle(app, pilot, ticks=5)
         assert any("server failed (exit code -9) killed" in n for n in notes(app))
+        assert any("load paused, results saved" in n for n in notes(app))
+        sent = [type(c).__name__ for c in eng.sent]
+        assert "Pause" in sent and "Save" in sent
         assert "failed" in str(app.screen.query_one("#log").border_title)
         assert "OutOfMemoryError" in field(app, "#log-text")
 
