@@ -84,6 +84,8 @@ async def test_throughput_rises_then_flattens_while_latency_rises(sim_server):
 async def test_prefix_hit_rate_shared_vs_unique(sim_server):
     sim = sim_server("h200-fast", speed=5)
     shared = "You are a careful assistant. " * 70  # ~500 tokens, ~31 blocks
+    # one request first: two workers starting together would both miss, depending on who prefills first
+    await closed_loop(sim.url, 1, 1, lambda w, i: body(4, shared + "Warm-up: why?"))
     m0 = metrics(sim.url)
     await closed_loop(sim.url, 2, 4, lambda w, i: body(4, shared + f"Question {w}-{i}: why?"))
     m1 = metrics(sim.url)
