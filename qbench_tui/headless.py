@@ -14,7 +14,7 @@ from typing import Callable
 import httpx
 
 from .engine.load import LoadEngine
-from .engine.metrics import ServerSample, fetch_info, parse_metrics
+from .engine.metrics import ServerSample, ServerSeries, fetch_info, parse_metrics
 from .engine.records import RequestRecord, RequestSpec
 from .engine.stats import summarize
 
@@ -90,28 +90,12 @@ class ServerWatch:
         """Server stats over one level: deltas between the boundary samples, maxima over all samples between."""
         if a is None or b is None or a.schema == "none":
             return None
-        inside = [s for s in self.samples if a.t <= s.t <= b.t] or [a, b]
-
-        def delta(name: str) -> float | None:
-            prev, total = None, 0.0
-            for s in inside:
-                v = getattr(s, name)
-                if v is None:
-                    continue
-                if prev is not None:
-                    # a counter that goes down is a restart: count what accrued since it, never a negative rate
-                    total += v - prev if v >= prev else v
-                prev = v
-            return None if prev is None else total
-
-        def peak(name: str) -> float | None:
-            vals = [getattr(s, name) for s in inside if getattr(s, name) is not None]
-            return max(vals) if vals else None
-
+        level = ServerSeries()  # the same reset-aware arithmetic as the live session, over this level only
+        for s in [x for x in self.samples if a.t <= x.t <= b.t] or [a, b]:
+            level.add(s)
+        delta, peak = level.delta, level.max
         dq, dh = delta("prefix_cache_queries"), delta("prefix_cache_hits")
-        hit = (dh / dq) if dq else None
-        if hit is None and b.prefix_cache_hit_rate_gauge is not None:
-            hit = b.prefix_cache_hit_rate_gauge
+        hit = level.hit_rate()
         return {
             "generation_tokens": delta("generation_tokens"),
             "prompt_tokens": delta("prompt_tokens"),
