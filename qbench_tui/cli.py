@@ -38,7 +38,8 @@ def _add_load(p: argparse.ArgumentParser) -> None:
     g.add_argument("--endpoint", choices=("chat", "completions"), help="chat (default) or completions")
     g.add_argument("--prompt", help=f"the prompt (default: {DEFAULT_PROMPT!r})")
     g.add_argument("--prompts", metavar="FILE", dest="prompts_file",
-                   help=".txt (one per line), .jsonl (prompt or messages) or ShareGPT .json")
+                   help=".txt (one per line), .jsonl (prompt or messages, optional per-line output_tokens "
+                        "as in vllm bench serve's custom dataset) or ShareGPT .json")
     g.add_argument("--prompt-len", type=int, metavar="N", help="synthetic prompt of about N tokens")
     g.add_argument("--unique-prefix", action="store_true", default=None,
                    help="random per-request prefix so prefix caching cannot help")
@@ -85,6 +86,13 @@ def _spec_and_prompts(cfg, url: str, model: str, api_key: str | None):
 def _prompt_source(cfg) -> str:
     lc = cfg.load
     if lc.prompts_file:
+        from .engine.prompts import PromptError, Sized, load_prompts
+        try:
+            sized = [p.max_tokens for p in load_prompts(lc.prompts_file) if isinstance(p, Sized)]
+        except PromptError:
+            sized = []
+        if sized:  # the report's "Max tokens" is only the default for the other lines
+            return f"file:{lc.prompts_file} ({len(sized)} with own max_tokens {min(sized)}-{max(sized)})"
         return f"file:{lc.prompts_file}"
     if lc.prompt_len:
         return f"synthetic:{lc.prompt_len} tokens"

@@ -8,9 +8,17 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
-Prompt = str | list  # a plain prompt, or a list of chat messages
+
+class Sized(NamedTuple):
+    """A prompt that carries its own output length: a .jsonl line with "output_tokens" (vllm bench serve's custom
+    dataset) or "max_tokens". Replaying the same file through both tools sends the same requests."""
+    prompt: str | list
+    max_tokens: int
+
+
+Prompt = str | list | Sized  # a plain prompt, a list of chat messages, or either with its own max_tokens
 
 # Words of about one token each for common BPE tokenizers, so "N words" is roughly "N tokens".
 _WORDS = (
@@ -33,7 +41,8 @@ def synthetic_prompt(n_tokens: int, seed: int = 0) -> str:
 
 
 def load_prompts(path: str) -> list[Prompt]:
-    """.txt: one prompt per line; .jsonl: {"prompt": ...} or {"messages": [...]} per line;
+    """.txt: one prompt per line; .jsonl: {"prompt": ...} or {"messages": [...]} per line, optionally with
+    "output_tokens" or "max_tokens" (that request's max_tokens, over --max-tokens);
     .json: ShareGPT ([{"conversations": [{"from": "human", "value": ...}, ...]}, ...]) or a list of strings."""
     p = Path(path)
     try:
@@ -50,11 +59,21 @@ def load_prompts(path: str) -> list[Prompt]:
             except json.JSONDecodeError as e:
                 raise PromptError(f"{p}:{i}: not valid JSON: {e.msg}") from None
             if isinstance(obj, dict) and isinstance(obj.get("messages"), list):
-                prompts.append(obj["messages"])
+                item: Prompt = obj["messages"]
             elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
-                prompts.append(obj["prompt"])
+                item = obj["prompt"]
             else:
                 raise PromptError(f"{p}:{i}: expected an object with \"prompt\" (string) or \"messages\" (list)")
+            key = "output_tokens" if "output_tokens" in obj else "max_tokens" if "max_tokens" in obj else None
+            if key is not None:
+                n = obj[key]
+                if n is None or (isinstance(n, int) and not isinstance(n, bool) and n == -1):
+                    pass  # vllm's custom datasets write null/-1 for "use the default"
+                elif isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                    item = Sized(item, n)
+                else:
+                    raise PromptError(f"{p}:{i}: \"{key}\" must be a positive integer, got {n!r}")
+            prompts.append(item)
     elif p.suffix == ".json":
         try:
             data = json.loads(text)
@@ -96,11 +115,19 @@ def make_prompt_source(prompt: str, prompts_file: str = "", prompt_len: int = 0,
         rng = random.Random(f"{seed}:{i}")
         prefix = f"[{rng.getrandbits(64):016x}] " + " ".join(rng.choice(_WORDS) for _ in range(24)) + "\n"
         base = pool[i % len(pool)]
-        if isinstance(base, str):
-            return prefix + base
-        msgs = [dict(m) for m in base]
-        if msgs and isinstance(msgs[0].get("content"), str):
-            msgs[0]["content"] = prefix + msgs[0]["content"]
-        return msgs
+        if isinstance(base, Sized):
+            return Sized(_prefixed(prefix, base.prompt), base.max_tokens)
+        return _prefixed(prefix, base)
+
+    return unique
+
+
+def _prefixed(prefix: str, base: str | list) -> str | list:
+    if isinstance(base, str):
+        return prefix + base
+    msgs = [dict(m) for m in base]
+    if msgs and isinstance(msgs[0].get("content"), str):
+        msgs[0]["content"] = prefix + msgs[0]["content"]
+    return msgs
 
     return unique

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from qbench_tui.engine.prompts import Sized
 from qbench_tui.engine.records import RequestRecord, RequestSpec
 from qbench_tui.engine.sse import SSEDecoder
 
@@ -61,9 +62,12 @@ def make_httpx_client(spec: RequestSpec, ssl_ctx: ssl.SSLContext | None = None) 
     )
 
 
-def build_request(spec: RequestSpec, prompt: str | list[dict]) -> tuple[str, dict]:
+def build_request(spec: RequestSpec, prompt: str | list[dict] | Sized) -> tuple[str, dict]:
     """(path, JSON body) for one request."""
     body: dict = {"model": spec.model}
+    max_tokens = spec.max_tokens
+    if isinstance(prompt, Sized):
+        prompt, max_tokens = prompt
     if spec.endpoint == "completions":
         path = _COMPLETIONS_PATH
         if not isinstance(prompt, str):
@@ -73,7 +77,7 @@ def build_request(spec: RequestSpec, prompt: str | list[dict]) -> tuple[str, dic
     else:
         path = _CHAT_PATH
         body["messages"] = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    body["max_tokens"] = spec.max_tokens
+    body["max_tokens"] = max_tokens
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
     if spec.temperature is not None:

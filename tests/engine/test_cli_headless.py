@@ -46,6 +46,21 @@ def test_run_json_keys_and_server_delta(sim_proc):
     assert d["server"]["generation_tokens"] == d["total_output_tokens"]
 
 
+def test_run_prompts_file_with_per_line_output_tokens(sim_proc, tmp_path):
+    # vllm bench serve's custom-dataset format: each line's output_tokens is that request's max_tokens
+    lines = [{"prompt": "short one", "output_tokens": 5}, {"prompt": "longer one", "output_tokens": 17},
+             {"messages": [{"role": "user", "content": "chat"}], "max_tokens": 9}, {"prompt": "default"}]
+    f = tmp_path / "custom.jsonl"
+    f.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    sim = sim_proc()
+    r = run_qbench("run", "--url", sim.url, "-c", "2", "--requests", "8", "--prompts", str(f), "--max-tokens", "3",
+                   "--ignore-eos", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["completed"] == 8
+    assert d["total_output_tokens"] == 2 * (5 + 17 + 9 + 3) == d["server"]["generation_tokens"]
+
+
 def test_run_prints_bench_block(sim_proc):
     sim = sim_proc()
     r = run_qbench("run", "--url", sim.url, "-c", "2", "--requests", "4", "--max-tokens", "8")

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from qbench_tui.engine.prompts import PromptError, load_prompts, make_prompt_source, synthetic_prompt
+from qbench_tui.engine.prompts import PromptError, Sized, load_prompts, make_prompt_source, synthetic_prompt
+from qbench_tui.engine.records import RequestSpec
+from qbench_tui.engine.request import build_request
 
 
 def test_fixed_prompt_repeats():
@@ -47,7 +49,24 @@ def test_messages_get_unique_prefix_too(tmp_path):
     assert m[0]["content"].endswith("b") and len(m[0]["content"]) > 10
 
 
+def test_jsonl_output_tokens_per_line(tmp_path):
+    f = tmp_path / "c.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in [
+        {"prompt": "a", "output_tokens": 5}, {"messages": [{"role": "user", "content": "b"}], "max_tokens": 7},
+        {"prompt": "c"}, {"prompt": "d", "output_tokens": None}, {"prompt": "e", "output_tokens": -1}]))
+    assert load_prompts(str(f)) == [Sized("a", 5), Sized([{"role": "user", "content": "b"}], 7), "c", "d", "e"]
+    src = make_prompt_source("", prompts_file=str(f), unique_prefix=True)
+    first = src(0)
+    assert isinstance(first, Sized) and first.max_tokens == 5 and first.prompt.endswith("a") and len(first.prompt) > 5
+    spec = RequestSpec(url="http://x", model="m", max_tokens=200)
+    assert build_request(spec, Sized("q", 11))[1]["max_tokens"] == 11
+    assert build_request(spec, src(2))[1]["max_tokens"] == 200
+    assert build_request(spec, src(1))[1]["messages"][0]["content"].endswith("b")
+
+
 @pytest.mark.parametrize("name, body, msg", [
+    ("x.jsonl", '{"prompt": "a", "output_tokens": 0}\n', "must be a positive integer"),
+    ("x.jsonl", '{"prompt": "a", "max_tokens": "12"}\n', "must be a positive integer"),
     ("x.jsonl", "{bad\n", "not valid JSON"),
     ("x.jsonl", '{"text": 1}\n', "expected an object"),
     ("x.txt", "\n\n", "no prompts"),
