@@ -51,11 +51,14 @@ def _real_stdio():
             devnull.close()
 
 
+ENGINE_LOG = "qbench-engine.log"
+
+
 def _quiet_child_output(log_dir: str) -> None:
     """The child shares the terminal the dashboard draws on: its stray output goes to a log file instead."""
     try:
         os.makedirs(log_dir, exist_ok=True)
-        fd = os.open(os.path.join(log_dir, "qbench-engine.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(os.path.join(log_dir, ENGINE_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     except OSError:
         fd = os.open(os.devnull, os.O_WRONLY)
     os.dup2(fd, 1)
@@ -122,6 +125,7 @@ class EngineProcess:
             self._proc.start()
         self.last: Snapshot | None = None
         self._closed = False
+        self._log = os.path.join(cfg.out_dir, ENGINE_LOG) if quiet else None
 
     @property
     def pid(self) -> int | None:
@@ -187,3 +191,14 @@ class EngineProcess:
             c.close()
         self._snaps.cancel_join_thread()
         self._snaps.close()
+        self._drop_empty_log()
+
+    def _drop_empty_log(self) -> None:
+        """The log exists for stray output; a run that had none should not leave an empty file with its results."""
+        if self._log is None:
+            return
+        try:
+            if os.path.getsize(self._log) == 0:
+                os.unlink(self._log)
+        except OSError:
+            pass

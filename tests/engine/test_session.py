@@ -78,6 +78,26 @@ def test_live_control_and_snapshots(engine, server, tmp_path):
     assert row4.seconds >= 2.0 and row4.tok_s > 0 and row4.ttft_p50 is not None
 
 
+def test_quiet_child_log_kept_only_when_written(server, tmp_path):
+    spec = RequestSpec(url=server.url, model="m", max_tokens=8)
+    clean = tmp_path / "clean"
+    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(clean), start_concurrency=2), quiet=True)
+    try:
+        assert eng.wait_for(lambda s: s.completed_total >= 4, 30)
+        assert (clean / "qbench-engine.log").exists()  # the child's stdout/stderr go there while it runs
+    finally:
+        eng.close()
+    assert not (clean / "qbench-engine.log").exists()  # nothing was written: no empty file beside the results
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    (noisy / "qbench-engine.log").write_text("a warning from an earlier run\n")
+    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(noisy)), quiet=True)
+    try:
+        assert eng.wait_for(lambda s: s.status == "running", 30)
+    finally:
+        eng.close()
+    assert (noisy / "qbench-engine.log").read_text() == "a warning from an earlier run\n"
+
 def test_records_complete_after_close(server, tmp_path):
     spec = RequestSpec(url=server.url, model="m", max_tokens=5)
     eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), start_concurrency=3))
