@@ -291,7 +291,7 @@ class EngineSession:
             out_tok_s=w.out_tok_s(now), req_s=w.req_s(now), completed_total=self.completed_total,
             failed_total=self.failed_total, tok_s_history=tuple(self.tok_hist[-HISTORY:]),
             req_s_history=tuple(self.req_hist[-HISTORY:]),
-            ttft=latency_view(w.ttft_values(), TTFT_EDGES), itl=latency_view(w.itl_values(), ITL_EDGES),
+            ttft=latency_view(w.ttft_values(), TTFT_EDGES), itl=w.itl_view(ITL_EDGES),
             e2el=latency_view(w.e2el_values(), E2EL_EDGES),
             failures=tuple(sorted(self.failures.items(), key=lambda kv: -kv[1])),
             last_error=self.last_error, client_cpu_pct=self._cpu_pct, loop_lag_ms=self._lag_max,

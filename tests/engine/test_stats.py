@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
 from qbench_tui.engine.records import RequestRecord
 from qbench_tui.engine.snapshot import LatencyView
 from qbench_tui.engine.stats import (
-    LatencyHistogram, RollingWindow, latency_view, log_edges, percentile, summarize,
+    FineHistogram, LatencyHistogram, RollingWindow, latency_view, log_edges, percentile, summarize,
 )
 
 approx = pytest.approx
@@ -145,23 +146,51 @@ def test_rolling_window_failures_values_and_reset():
     w.add(_wrec(4.0, itl=(0.1, 0.2)))
     assert w.failures() == {"read timeout": 2, "HTTP 500: x": 1}
     assert w.ttft_values() == [0.2] and w.e2el_values() == approx([1.0])
-    assert sorted(w.itl_values()) == [0.1, 0.2]
+    v = w.itl_view()
+    assert v.count == 2 and v.mean == approx(0.15) and v.p50 == approx(0.1, rel=0.003)
+    assert v.max == approx(0.2, rel=0.003)
     w.evict(6.5)  # drops the records that ended at 1.0
     assert w.failures() == {"read timeout": 1, "HTTP 500: x": 1} and w.failed == 2
     w.evict(8.5)
     assert w.failures() == {} and w.failed == 0
+    w.evict(9.5)
+    assert w.itl_view().count == 0  # the ITLs leave with their record
+    w.add(_wrec(10.0, itl=(0.3,)))
     w.reset(20.0)
-    assert len(w) == 0 and w.req_s(20.1) == 0.0
+    assert len(w) == 0 and w.req_s(20.1) == 0.0 and w.itl_view().count == 0
     w.add(_wrec(21.0))
     assert w.req_s(22.0) == approx(1 / 2.0)
 
 
-def test_rolling_window_itl_cap_keeps_newest():
-    w = RollingWindow(100.0, now=0.0, max_itl=5)
-    w.add(_wrec(1.0, itl=[1.0] * 4))
-    w.add(_wrec(2.0, itl=[2.0] * 3))
-    vals = w.itl_values()
-    assert len(vals) == 5 and vals.count(2.0) == 3 and vals.count(1.0) == 2
+def test_rolling_window_itl_view_covers_the_whole_window():
+    # every ITL of the window counts (the old view kept only the newest 50k values)
+    w = RollingWindow(100.0, now=0.0)
+    w.add(_wrec(1.0, itl=[0.001] * 40_000))
+    w.add(_wrec(2.0, itl=[0.004] * 30_000))
+    v = w.itl_view()
+    assert v.count == 70_000 and v.p50 == approx(0.001, rel=0.003) and v.p90 == approx(0.004, rel=0.003)
+
+
+def test_fine_histogram_matches_exact_views():
+    rng = random.Random(7)
+    values = [rng.lognormvariate(math.log(0.02), 0.8) for _ in range(20_000)] + [0.0] * 50 + [500.0]
+    h = FineHistogram()
+    h.add_many(values)
+    edges = log_edges(1e-4, 10.0, 40)
+    got, exact = h.view(edges), latency_view(values, edges)
+    assert got.count == exact.count and got.mean == approx(exact.mean, rel=1e-9)
+    for q in ("p50", "p90", "p99"):
+        assert getattr(got, q) == approx(getattr(exact, q), rel=0.006), q
+    assert got.max == approx(100.0, rel=0.01)  # past the top of the range: the last bin, not lost
+    # the bar chart: the same bins up to values within half a fine bin of a display edge
+    moved = sum(abs(a - b) for a, b in zip(got.counts, exact.counts))
+    assert sum(got.counts) == len(values) and moved <= 0.01 * len(values)
+    # removing what was added leaves nothing behind
+    h.remove_many(values[:10_000])
+    rest = values[10_000:]
+    assert h.count == len(rest) and h.view(edges).p50 == approx(latency_view(rest, edges).p50, rel=0.006)
+    h.remove_many(rest)
+    assert h.count == 0 and h.total == 0.0 and not any(h.counts) and h.view(edges).p50 is None
 
 
 def test_rolling_window_rate_floor():
