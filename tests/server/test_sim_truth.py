@@ -51,10 +51,15 @@ def test_truth_file_from_subprocess_matches_client(sim_server, tmp_path):
 
 def test_truth_in_process(sim_server):
     sim = sim_server("h200-fast", in_thread=True, speed=2)
+    with httpx.Client() as c:  # one keep-alive connection: its local port is the one the truth names
+        c.post(sim.url + "/v1/chat/completions", json=BODY, timeout=30)
+        c.post(sim.url + "/v1/chat/completions", json=BODY, timeout=30)
+    ports = {t["client_port"] for t in sim.truth()}
+    assert len(ports) == 1 and all(isinstance(p, int) and p > 0 for p in ports)
     httpx.post(sim.url + "/v1/chat/completions", json=BODY, timeout=30)
     httpx.post(sim.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=30)
     truth = sim.truth()
-    assert [t["path"] for t in truth] == ["chat", "completions"]
+    assert [t["path"] for t in truth] == ["chat", "chat", "chat", "completions"]
     for rec in truth:
         check_record(rec)
     assert truth[0]["stream"] is True and len(truth[0]["chunks"]) >= 2

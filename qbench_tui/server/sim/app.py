@@ -118,8 +118,9 @@ def id_tokens(ids: list[int], block_size: int) -> tuple[int, list[int]]:
 class TruthRecorder:
     """Server-side ground truth: per request, when each chunk was handed to the transport.
 
-    Record: {"id", "path", "arrival_perf", "arrival_wall", "prompt_tokens", "completion_tokens", "finish_reason",
-    "chunks": [[perf_counter, time.time, tokens_in_send], ...], "status"}. The role chunk rides with the first
+    Record: {"id", "path", "arrival_perf", "arrival_wall", "client_port", "prompt_tokens", "completion_tokens",
+    "finish_reason", "chunks": [[perf_counter, time.time, tokens_in_send], ...], "status"}. client_port lets a packet
+    capture tie the request's bytes on the wire to this record (bench/fidelity.py --wire). The role chunk rides with the first
     token, so chunks[0] marks TTFT. Written as one JSON line per request when it ends (file), and kept in memory.
     """
 
@@ -255,10 +256,10 @@ class SimApp:
         return data
 
     async def _chat(self, scope, receive, send) -> None:
-        await self._generate(receive, send, chat=True)
+        await self._generate(receive, send, chat=True, client=scope.get("client"))
 
     async def _completions(self, scope, receive, send) -> None:
-        await self._generate(receive, send, chat=False)
+        await self._generate(receive, send, chat=False, client=scope.get("client"))
 
     def _prepare(self, data: dict[str, Any], chat: bool) -> tuple[int, list[int], int, int | None, bool, int]:
         p = self.profile
@@ -321,7 +322,7 @@ class SimApp:
                 target = max_tokens
         return n, hashes, max_tokens, param, stream, target
 
-    async def _generate(self, receive, send, chat: bool) -> None:
+    async def _generate(self, receive, send, chat: bool, client=None) -> None:
         loop = asyncio.get_running_loop()
         arrival = loop.time()
         arrival_perf = time.perf_counter()
@@ -354,6 +355,7 @@ class SimApp:
         if self.truth is not None:
             truth = {"id": ("chatcmpl-" if chat else "cmpl-") + rid, "path": "chat" if chat else "completions",
                      "stream": stream, "arrival_perf": arrival_perf, "arrival_wall": arrival_wall,
+                     "client_port": client[1] if client else None,
                      "prompt_tokens": n, "completion_tokens": 0, "finish_reason": None, "status": "ok",
                      "chunks": []}
         try:
