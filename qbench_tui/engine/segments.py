@@ -87,6 +87,7 @@ class SegmentStats:
     # a rate over the segment's own wall time. Counting the requests that started in it instead would keep
     # adding tokens to a closed segment whose duration no longer grows, inflating its rate.
     explicit: bool = False  # a level asked for (RunLevel), never filtered as a transition
+    server_config: str = ""  # the launched server's flags while this segment ran ("" when not known)
     done_in: int = 0
     out_tokens_in: int = 0
     in_tokens_in: int = 0
@@ -173,4 +174,6 @@ class SegmentStats:
         d["segment"] = self.segment
         d["mode"] = "live"
         d["server"] = self.server
+        if self.server_config:
+            d["server_config"] = self.server_config
         return d

@@ -16,7 +16,7 @@ from .prompts import make_prompt_source
 from .recordlog import RecordLog
 from .records import RequestRecord, RequestSpec
 from .segments import SegmentStats
-from .snapshot import (Command, Pause, ResetWindow, Resume, RunLevel, Save, SegmentRow,
+from .snapshot import (Command, Pause, ResetWindow, Resume, RunLevel, Save, SegmentRow, ServerConfigChanged,
                        ServerView, SetConcurrency, Snapshot, Stop)
 from .stats import RollingWindow, latency_view
 
@@ -78,6 +78,7 @@ class EngineSession:
         self.log = RecordLog(Path(cfg.out_dir) / f"{self.base}.requests.jsonl")
         self.segments: dict[int, SegmentStats] = {}
         self.current: SegmentStats | None = None
+        self.server_config = cfg.server_config
         self.failures: dict[str, int] = {}
         self.last_error = ""
         self.completed_total = 0
@@ -119,7 +120,7 @@ class EngineSession:
     def _open_segment(self) -> None:
         now = time.perf_counter()
         self._close_segment(now)
-        seg = SegmentStats(self.engine.segment, self.engine.target, now)
+        seg = SegmentStats(self.engine.segment, self.engine.target, now, server_config=self.server_config)
         seg.mono_start = time.monotonic()  # type: ignore[attr-defined]
         self.segments[seg.segment] = seg
         self.current = seg
@@ -177,6 +178,14 @@ class EngineSession:
             self.save(cmd.out_dir)
         elif isinstance(cmd, Stop):
             self._stop.set()
+        elif isinstance(cmd, ServerConfigChanged):
+            if cmd.label != self.server_config:
+                self.server_config = cmd.label
+                self.meta.server_config = cmd.label  # the header names the latest; each level names its own
+                if self.current is not None:  # what runs from now on runs against the new config
+                    self.engine.new_segment()
+                    self._open_segment()
+                self.message = f"server config: {cmd.label}"
 
     def _run_level(self, cmd: RunLevel) -> None:
         if self._level_task and not self._level_task.done():
@@ -219,8 +228,9 @@ class EngineSession:
         levels = self.segment_levels()
         self.meta.vllm_version = self.version
         self.meta.levels = tuple(lv["max_concurrency"] for lv in levels)
+        same = [lv for lv in levels if lv.get("server_config", "") == self.server_config]
         try:
-            txt, js = write_results(out, self.base, self.meta, levels, find_knee(levels))
+            txt, js = write_results(out, self.base, self.meta, levels, find_knee(same))
         except OSError as e:
             self.message = f"save failed: {e}"
             return ()
@@ -274,7 +284,9 @@ class EngineSession:
     def refresh_rows(self) -> None:
         """The segment table and the knee change slowly: recomputed at 1 Hz and on demand."""
         self.rows = self._rows()
-        k = find_knee(self.segment_levels()) if len(self.rows) >= 2 else None
+        # a knee across two server configs would compare different servers: only the current config's segments
+        levels = [lv for lv in self.segment_levels() if lv.get("server_config", "") == self.server_config]
+        k = find_knee(levels) if len(levels) >= 2 else None
         self.knee = k["summary"] if k else ""
 
     def snapshot(self) -> Snapshot:

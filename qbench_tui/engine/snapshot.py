@@ -50,7 +50,15 @@ class Stop:
     pass
 
 
-Command = SetConcurrency | Pause | Resume | ResetWindow | RunLevel | Save | Stop
+@dataclass(frozen=True, slots=True)
+class ServerConfigChanged:
+    """The server now runs with these flags (a launched server, or one restarted with new flags): segments opened
+    from now on carry the label, and the knee is looked for among the segments of one config only."""
+
+    label: str
+
+
+Command = SetConcurrency | Pause | Resume | ResetWindow | RunLevel | Save | Stop | ServerConfigChanged
 
 # ---------------------------------------------------------------- snapshot pieces (engine -> face)
 

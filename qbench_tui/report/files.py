@@ -112,7 +112,9 @@ def render_txt(meta: RunMeta, levels: list[dict], knee: dict | None = None) -> s
     lines += ["", "Results", classic_table(levels), ""]
     for lv in levels:
         srv = lv.get("server") or {}
-        lines.append(f"Concurrency {lv['max_concurrency']}: {lv['completed']} ok, {lv['failed']} failed")
+        lines.append(f"Concurrency {lv['max_concurrency']}: {lv['completed']} ok, {lv['failed']} failed"
+                     + (f"  [server: {lv['server_config']}]" if lv.get("server_config") and
+                        len({x.get("server_config") for x in levels}) > 1 else ""))
         lines.append(
             f"  TTFT ms  mean {_f(lv['mean_ttft_ms'])}  p50 {_f(lv['median_ttft_ms'])}  p90 {_f(lv['p90_ttft_ms'])}"
             f"  p99 {_f(lv['p99_ttft_ms'])}")

@@ -159,6 +159,55 @@ def _norm(key: str) -> str:
     return key.strip().lstrip("-").replace("-", "_")
 
 
+_FIXED_ON_RESTART = {"host": "the load is pointed at this address", "port": "the load is pointed at this port",
+                     "model": "the load asks for this model by name", "vllm_bin": "restart qbench to change it"}
+_FLAG_NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
+
+
+def _scalar(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_flag_overrides(text: str) -> dict[str, Any]:
+    """What a user types to restart a launched server with other flags, as apply_overrides() takes it:
+    `max_num_seqs=128 --enforce-eager --no-enable-prefix-caching gpu_memory_utilization=0.85 quantization=`
+    (key=value sets, `key=` removes, --flag is true, --no-flag false). Raises ValueError naming the bad part."""
+    try:
+        parts = shlex.split(text)
+    except ValueError as e:
+        raise ValueError(f"cannot split {text!r}: {e}") from None
+    out: dict[str, Any] = {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if eq:
+            k = _norm(key)
+            v: Any = None if value == "" else _scalar(value)
+        elif part.startswith("--no-"):
+            k, v = _norm(part[len("--no-"):]), False
+        elif part.startswith("-"):
+            k, v = _norm(part), True
+        else:
+            raise ValueError(f"{part!r}: expected key=value, --flag or --no-flag")
+        if not _FLAG_NAME.fullmatch(k):
+            raise ValueError(f"{part!r}: {k!r} is not a flag name")
+        if k in _FIXED_ON_RESTART:
+            raise ValueError(f"{k} cannot change on a restart: {_FIXED_ON_RESTART[k]}")
+        out[k] = v
+    if not out:
+        raise ValueError("no flags given")
+    return out
+
+
 def apply_overrides(server: ServerConfig, overrides: dict[str, Any]) -> ServerConfig:
     """`server` with flags changed ({"max_num_seqs": 128, "enforce-eager": True}; None removes a flag).
     Keys that are ServerConfig's own fields (port, model, ...) set the field instead."""

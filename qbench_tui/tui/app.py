@@ -19,15 +19,18 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from qbench_tui.engine.snapshot import Command, Pause, ResetWindow, Resume, Save, SetConcurrency, Snapshot, Stop
+from qbench_tui.engine.snapshot import (Command, Pause, ResetWindow, Resume, Save, ServerConfigChanged, SetConcurrency,
+                                       Snapshot, Stop)
 from qbench_tui.server.handle import ServerHandle
 from qbench_tui.tui.link import EngineLink
 from qbench_tui.tui.screens.concurrency_input import MAX_CONCURRENCY, ConcurrencyInput
 from qbench_tui.tui.screens.dashboard import DashboardScreen
 from qbench_tui.tui.screens.help import HelpScreen
+from qbench_tui.tui.screens.restart_server import RestartServer
 from qbench_tui.tui.screens.startup import StartupScreen
 
 ENGINE_WORKER = "engine-start"
+RESTART_WORKER = "server-restart"
 
 
 class QBenchApp(App):
@@ -76,6 +79,10 @@ class QBenchApp(App):
         self._last_message = ""
         self._poll_failed = False
         self._server_state = server.state if server is not None else ""
+        # a restart with other flags in progress: "stopped" is expected, the startup screen is back
+        self._restarting = False
+        self._restart_launched = False
+        self._resume_after_restart = False
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -121,6 +128,9 @@ class QBenchApp(App):
             await asyncio.to_thread(engine.close)
             return
         self.engine = engine
+        label = getattr(self.server, "config_label", "") if self.server is not None else ""
+        if label:
+            self._send(ServerConfigChanged(label))
         self._send(SetConcurrency(self.target))
         if self.start_paused:
             self._send(Pause())
@@ -189,6 +199,8 @@ class QBenchApp(App):
         """A server that dies under load must be impossible to miss."""
         server = self.server
         assert server is not None
+        if self._restarting:
+            return
         state = server.state
         if state != self._server_state and state in ("failed", "stopped") and not self.closed:
             rc = server.returncode
@@ -209,10 +221,15 @@ class QBenchApp(App):
         assert self.startup is not None and self.server is not None
         state = self.server.state
         self.startup.refresh_view()
+        if self._restarting and not self._restart_launched:
+            return  # the old process may still answer "ready" until restart() has stopped it
         if state == "ready" and self.screen is self.startup:  # (a palette on top: switch on a later tick)
             self.pop_screen()
             self.startup = None
-            self._start_engine()
+            if self._restarting:
+                self._restarted()
+            else:
+                self._start_engine()
 
     def _apply(self, snap: Snapshot, now: float) -> None:
         was_sim = self.is_simulated
@@ -273,6 +290,63 @@ class QBenchApp(App):
         if self._send(Save(self.out_dir)):
             self.notify(f"saving to {self.out_dir}/ …", timeout=2)
 
+    def action_restart_server(self) -> None:
+        server = self.server
+        if server is None or not callable(getattr(server, "restart", None)):
+            self.notify("restart with other flags needs a server qbench launched (--launch CONFIG)",
+                        severity="warning", timeout=6)
+            return
+        if self._restarting or self.startup is not None:
+            self.notify("the server is starting", severity="warning", timeout=3)
+            return
+
+        def done(overrides: dict | None) -> None:
+            if overrides:
+                self.restart_server(overrides)
+
+        self.push_screen(RestartServer(getattr(server, "config_label", ""), server.command_line), done)
+
+    def restart_server(self, overrides: dict) -> None:
+        """Pause the load (closing the segment), restart the server with `overrides` in a thread, show its startup
+        again; when it is ready, label what follows with the new flags and resume if the load was running."""
+        assert self.server is not None
+        self._resume_after_restart = self.engine is not None and not self.paused
+        if self.engine is not None and not self.paused:
+            self._send(Pause())
+            self.paused = True
+        self._restarting, self._restart_launched = True, False
+        self.startup = StartupScreen(self.server, self.clock)
+        self.push_screen(self.startup)
+        self.run_worker(self._do_restart(overrides), name=RESTART_WORKER, exit_on_error=False, exclusive=True)
+
+    async def _do_restart(self, overrides: dict) -> None:
+        server = self.server
+        try:
+            await asyncio.to_thread(server.restart, overrides)  # type: ignore[union-attr]
+        except Exception as e:  # a launch check (executable, port) failed: the startup screen shows the state
+            self.notify(f"restart failed: {e}", severity="error", timeout=30)
+            return
+        finally:
+            self._restart_launched = True
+        wait = getattr(server, "wait_ready", None)  # a LaunchedServer sees /health only while someone waits
+        if callable(wait):
+            try:
+                await asyncio.to_thread(wait)
+            except Exception:
+                pass  # the startup screen shows state "failed", the exit code and the log tail
+
+    def _restarted(self) -> None:
+        self._restarting = False
+        self._server_state = "ready"
+        label = getattr(self.server, "config_label", "")
+        if label:
+            self._send(ServerConfigChanged(label))
+        if self._resume_after_restart and self._send(Resume()):
+            self.paused = False
+        if self.dashboard is not None:
+            self.dashboard.show_control(self.snapshot)
+        self.notify(f"server restarted: {label or 'default flags'}", timeout=8)
+
     def action_show_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
@@ -301,6 +375,9 @@ class QBenchApp(App):
         yield SystemCommand("Pause / resume", "Pause or resume the load", self.action_toggle_pause)
         yield SystemCommand("Reset window", "Restart the rolling window", self.action_reset_window)
         yield SystemCommand("Save results", f"Write results to {self.out_dir}/ now", self.action_save)
+        if self.server is not None and callable(getattr(self.server, "restart", None)):
+            yield SystemCommand("Restart server with other flags…", "Pause, restart vllm serve with changed flags, "
+                                "resume", self.action_restart_server)
         yield SystemCommand("Cycle latency histogram", "Show the next latency histogram", self.action_cycle_latency)
         yield SystemCommand("Help: qbench keys", "Show every qbench key", self.action_show_help)
 

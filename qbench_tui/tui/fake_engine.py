@@ -341,6 +341,14 @@ class FakeServer:
     _kv_tokens: int | None = None
     _max_conc: float | None = None
     stopped: int = 0
+    restartable: bool = False  # only then does it have restart() (a launched server); tests opt in
+    config_label: str = ""
+    restarts: list[dict] = field(default_factory=list)
+
+    def __getattr__(self, name: str):
+        if name == "restart" and self.restartable:
+            return self._restart
+        raise AttributeError(name)
 
     @property
     def state(self) -> str:
@@ -370,6 +378,15 @@ class FakeServer:
         self.stopped += 1
         if self._state in ("starting", "ready"):
             self._state = "stopped"
+
+    def _restart(self, overrides: dict) -> None:
+        """Like LaunchedServer.restart: stop, take the flags, start again (tests call advance() for ready)."""
+        self.restarts.append(dict(overrides))
+        self.stop()
+        self.config_label = " ".join(f"{k}={v}" for k, v in overrides.items())
+        self._phases = [Phase("process started", 0.0)]
+        self._log.append(f"INFO restarting with {self.config_label}")
+        self._state = "starting"
 
     # ------------------------------------------------------------------ test controls
     def add_phase(self, name: str, at: float, detail: str = "", log: str = "") -> None:

@@ -10,7 +10,8 @@ import pytest
 from qbench_tui.engine.process import EngineProcess
 from qbench_tui.engine.records import RequestSpec
 from qbench_tui.engine.session import SessionConfig
-from qbench_tui.engine.snapshot import Pause, ResetWindow, Resume, RunLevel, Save, SetConcurrency
+from qbench_tui.engine.snapshot import (Pause, ResetWindow, Resume, RunLevel, Save, ServerConfigChanged,
+                                       SetConcurrency)
 from tests.fakes.scripted_sse import Scenario, ScriptedSSEServer
 
 
@@ -46,6 +47,8 @@ def test_live_control_and_snapshots(engine, server, tmp_path):
     engine.send(SetConcurrency(8))
     s = engine.wait_for(lambda s: s.target_concurrency == 8 and s.in_flight == 8, 30)
     assert s is not None and s.segment > seg4
+    # in_flight counts a request from before its bytes are sent: the server sees the 8th a moment later
+    engine.wait_for(lambda s: server.snapshot()["max_current"] >= 8, 10)
     assert server.snapshot()["max_current"] == 8
 
     engine.send(Pause())
@@ -76,6 +79,34 @@ def test_live_control_and_snapshots(engine, server, tmp_path):
     assert {4, 8} <= rows and 5 not in rows
     row4 = next(r for r in s.segments if r.concurrency == 4)
     assert row4.seconds >= 2.0 and row4.tok_s > 0 and row4.ttft_p50 is not None
+
+
+def test_server_config_labels_segments_and_scopes_the_knee(server, tmp_path):
+    spec = RequestSpec(url=server.url, model="m", max_tokens=5)
+    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), server_config="max_num_seqs=8"))
+    try:
+        assert eng.wait_for(lambda s: s.status == "running", 30)
+        for c in (2, 4):  # a level counts once it has lasted 2 s
+            eng.send(SetConcurrency(c))
+            eng.wait_for(lambda s: False, 2.5)
+        # as the dashboard restarts a launched server: pause, new flags, resume
+        eng.send(Pause())
+        eng.send(ServerConfigChanged("max_num_seqs=2"))
+        assert eng.wait_for(lambda s: "server config: max_num_seqs=2" in s.message, 10)
+        eng.send(Resume())
+        eng.wait_for(lambda s: False, 2.5)
+        eng.send(Save(str(tmp_path / "saved")))
+        s = eng.wait_for(lambda s: bool(s.saved), 30)
+        assert s is not None
+    finally:
+        eng.close()
+    data = json.loads(Path(s.saved[1]).read_text())
+    got = [(lv["max_concurrency"], lv.get("server_config")) for lv in data["levels"]]
+    assert got == [(2, "max_num_seqs=8"), (4, "max_num_seqs=8"), (4, "max_num_seqs=2")]
+    assert data["server_config"] == "max_num_seqs=2"
+    # one level under the new flags: no knee yet (the two old levels are another server's)
+    assert "one level only" in data["saturation"]["summary"]
+    assert "[server: max_num_seqs=2]" in Path(s.saved[0]).read_text()
 
 
 def test_quiet_child_log_kept_only_when_written(server, tmp_path):

@@ -13,6 +13,7 @@ from qbench_tui.engine.snapshot import (
     ResetWindow,
     Resume,
     Save,
+    ServerConfigChanged,
     ServerView,
     SetConcurrency,
     Stop,
@@ -21,6 +22,7 @@ from qbench_tui.tui.fake_engine import FakeEngine, FakeServer, sample_snapshot
 from qbench_tui.tui.screens.concurrency_input import ConcurrencyInput, parse_concurrency
 from qbench_tui.tui.screens.dashboard import DashboardScreen
 from qbench_tui.tui.screens.help import HelpScreen
+from qbench_tui.tui.screens.restart_server import RestartServer
 from qbench_tui.tui.screens.startup import StartupScreen
 from qbench_tui.tui.widgets.panels import Field, GpuPanel, LatencyBlock, StatusLine, ThroughputPanel
 from qbench_tui.tui.widgets.segments import SegmentTable
@@ -549,3 +551,56 @@ async def test_quit_while_engine_starts_closes_the_late_engine():
         await __import__("asyncio").sleep(0.05)
     assert eng.closed
     assert eng.sent == []  # never driven: no load started after quitting
+
+
+async def test_restart_server_with_other_flags_pauses_relabels_and_resumes():
+    server = FakeServer(_state="ready", restartable=True, config_label="max_num_seqs=256")
+    app, eng, _ = build_app(server=server)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        assert eng.sent[0] == ServerConfigChanged("max_num_seqs=256")  # segments know the flags from the start
+        await pilot.press("F")
+        await pilot.pause()
+        assert isinstance(app.screen, RestartServer)
+        assert "max_num_seqs=256" in str(app.screen.query_one("#restart-now").render())
+        app.screen.query_one(Input).value = "max_num_seqs=128 --no-enable-prefix-caching"
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert server.restarts == [{"max_num_seqs": 128, "enable_prefix_caching": False}]
+        assert isinstance(app.screen, StartupScreen) and server.state == "starting"
+        assert Pause() in eng.sent and Resume() not in eng.sent
+        await settle(app, pilot, ticks=3)
+        assert isinstance(app.screen, StartupScreen)  # still starting: the load stays paused
+        n_before = len(eng.sent)
+        server.advance()
+        await settle(app, pilot, ticks=3)
+        assert isinstance(app.screen, DashboardScreen)
+        label = "max_num_seqs=128 enable_prefix_caching=False"
+        assert eng.sent[n_before:n_before + 2] == [ServerConfigChanged(label), Resume()]
+        assert any("server restarted" in n for n in notes(app))
+        assert not any("server stopped" in n for n in notes(app))  # the restart's stop is not a death
+
+
+async def test_restart_server_refuses_bad_flags_and_plain_urls():
+    server = FakeServer(_state="ready", restartable=True)
+    app, eng, _ = build_app(server=server)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("F")
+        await pilot.pause()
+        app.screen.query_one(Input).value = "port=9000"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, RestartServer)
+        assert "port cannot change" in str(app.screen.query_one("#restart-error").render())
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, DashboardScreen) and server.restarts == [] and Pause() not in eng.sent
+    app2, _, _ = build_app(server=FakeServer(_state="ready"))  # attached by URL: nothing to restart
+    async with app2.run_test(size=(120, 40)) as pilot:
+        await settle(app2, pilot)
+        await pilot.press("F")
+        await pilot.pause()
+        assert isinstance(app2.screen, DashboardScreen)
+        assert any("needs a server qbench launched" in n for n in notes(app2))

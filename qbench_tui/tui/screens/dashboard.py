@@ -41,6 +41,7 @@ class DashboardScreen(Screen):
         Binding("r", "app.reset_window", "Reset", show=False),
         Binding("l", "cycle_latency", "Latency", show=False),
         Binding("s", "app.save", "Save"),
+        Binding("F", "app.restart_server", "Flags", show=False),
         Binding("question_mark", "app.show_help", "Help", key_display="?"),
         Binding("q", "app.quit", "Quit"),
     ]

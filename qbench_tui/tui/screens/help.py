@@ -18,6 +18,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("r", "reset the rolling window"),
     ("l", "cycle latency histogram (narrow screens)"),
     ("s", "save results now (.txt, .json, records)"),
+    ("F", "restart a launched server with new flags"),
     ("ctrl+p", "command palette (all actions)"),
     ("?", "this help"),
     ("q / ctrl+c", "save, stop the load and the server, quit"),
