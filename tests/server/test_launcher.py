@@ -362,3 +362,22 @@ def test_forked_child_never_stops_the_parents_server(tmp_path: Path) -> None:
                 os._exit(0)
         os.waitpid(pid, 0)
         assert s.alive() and s.state == "ready" and http_get(s.url + "/health")[0] == 200
+
+
+def test_parse_flag_overrides() -> None:
+    from qbench_tui.server.launcher import apply_overrides, config_label, parse_flag_overrides
+
+    got = parse_flag_overrides("max_num_seqs=128 --enforce-eager --no-enable-prefix-caching "
+                               "gpu_memory_utilization=0.85 quantization= kv_cache_dtype=fp8 'served_model_name=a b'")
+    assert got == {"max_num_seqs": 128, "enforce_eager": True, "enable_prefix_caching": False,
+                   "gpu_memory_utilization": 0.85, "quantization": None, "kv_cache_dtype": "fp8",
+                   "served_model_name": "a b"}
+    server = cfg(flags=(("quantization", "awq"), ("max_num_seqs", 256)))
+    new = apply_overrides(server, got)
+    assert dict(new.flags)["max_num_seqs"] == 128 and "quantization" not in dict(new.flags)
+    assert config_label(new).startswith("max_num_seqs=128 enforce_eager no_enable_prefix_caching")
+    for bad, why in (("port=9000", "port cannot change"), ("model=x", "model cannot change"),
+                     ("hello", "expected key=value"), ("x='a", "cannot split"), ("=3", "not a flag name"),
+                     ("", "no flags given"), ("Bad Name=1", "expected key=value")):
+        with pytest.raises(ValueError, match=why):
+            parse_flag_overrides(bad)
