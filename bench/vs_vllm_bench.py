@@ -16,6 +16,9 @@ run spread swamps any client difference (0.67x-2.52x on 2 shared cores). By defa
 upper half of the CPUs (taskset-like affinity plus VLLM_CPU_OMP_THREADS_BIND) and both clients to the lower half,
 so the server's speed no longer depends on how much CPU the client takes. --no-pin turns that off (a GPU server).
 
+vllm bench serve reads the custom dataset with pandas (its [bench] extra): if the venv lacks it, the script
+installs pandas==3.1.1 there against the setup's pins, and says so.
+
 Prints output tok/s, mean TTFT and mean TPOT of both and qbench/vllm ratios per round, each client's own spread over
 the rounds (the noise floor a ratio must be read against), and checks both clients' total output tokens against
 the server's generation-token counter delta.
