@@ -296,7 +296,10 @@ class QBenchApp(App):
             self.notify("restart with other flags needs a server qbench launched (--launch CONFIG)",
                         severity="warning", timeout=6)
             return
-        if self._restarting or self.startup is not None:
+        # from the dashboard, or from a startup screen whose server failed (first launch or an earlier restart)
+        failed = (self.startup is not None and server.state in ("failed", "stopped")
+                  and (not self._restarting or self._restart_launched))
+        if (self._restarting or self.startup is not None) and not failed:
             self.notify("the server is starting", severity="warning", timeout=3)
             return
 
@@ -310,13 +313,17 @@ class QBenchApp(App):
         """Pause the load (closing the segment), restart the server with `overrides` in a thread, show its startup
         again; when it is ready, label what follows with the new flags and resume if the load was running."""
         assert self.server is not None
-        self._resume_after_restart = self.engine is not None and not self.paused
+        if not self._restarting:  # a retry keeps the first attempt's intent
+            self._resume_after_restart = self.engine is not None and not self.paused
         if self.engine is not None and not self.paused:
             self._send(Pause())
             self.paused = True
         self._restarting, self._restart_launched = True, False
-        self.startup = StartupScreen(self.server, self.clock)
-        self.push_screen(self.startup)
+        if self.startup is not None:  # another try after a failed start: the same screen, its clock restarted
+            self.startup.t0 = self.clock()
+        else:
+            self.startup = StartupScreen(self.server, self.clock)
+            self.push_screen(self.startup)
         self.run_worker(self._do_restart(overrides), name=RESTART_WORKER, exit_on_error=False, exclusive=True)
 
     async def _do_restart(self, overrides: dict) -> None:
@@ -339,6 +346,10 @@ class QBenchApp(App):
         self._restarting = False
         self._server_state = "ready"
         label = getattr(self.server, "config_label", "")
+        if self.engine is None:  # the first launch had failed: start the load as a normal startup would
+            self._start_engine()
+            self.notify(f"server started: {label or 'default flags'}", timeout=8)
+            return
         if label:
             self._send(ServerConfigChanged(label))
         if self._resume_after_restart and self._send(Resume()):

@@ -21,8 +21,11 @@ FAKE = str(ROOT / "tests" / "fakes" / "vllm")
 
 PROGRAM = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, signal, sys, time
     sys.path.insert(0, {root!r})
+    # as in a terminal session: a test run under nohup would hand SIGHUP down ignored, and an ignored SIGHUP
+    # rightly stays ignored (install_signal_handlers)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     from qbench_tui.config import ServerConfig
     from qbench_tui.server import launcher
 

@@ -89,6 +89,45 @@ async def test_restart_that_fails_shows_the_failure(tmp_path: Path, monkeypatch:
             await settle(app, pilot)
             assert isinstance(app.screen, StartupScreen) and app.screen.has_class("-failed")
             assert Resume() not in eng.sent  # nothing to resume against
+            # another try from the failed screen, with flags the server accepts: the load resumes
+            monkeypatch.delenv("FAKE_VLLM_MODE")
+            await pilot.press("F")
+            await pilot.pause()
+            app.screen.query_one(Input).value = "max_num_seqs=8"
+            await pilot.press("enter")
+            assert await _until(pilot, lambda: isinstance(app.screen, DashboardScreen) and not app._restarting)
+            assert server.state == "ready" and eng.sent[-2:] == [ServerConfigChanged("max_num_seqs=8"), Resume()]
+            await pilot.press("q")
+            await pilot.pause()
+    finally:
+        server.stop()
+    assert eng.closed
+
+
+async def test_first_launch_fails_then_other_flags_start_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv_file = tmp_path / "argv.json"
+    monkeypatch.setenv("FAKE_VLLM_MODE", "exit_during_startup")
+    server = LaunchedServer(ServerConfig(model="fake-model", host="127.0.0.1", port=free_port(), vllm_bin=FAKE,
+                                         startup_timeout=60.0, flags=(("max_num_seqs", 4096),),
+                                         env=(("FAKE_VLLM_ARGV_FILE", str(argv_file)),)), tmp_path)
+    server.start()
+    app, eng, calls = build_app(server=server, out_dir=str(tmp_path / "res"))
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert await _until(pilot, lambda: server.state == "failed")
+            await settle(app, pilot)
+            assert isinstance(app.screen, StartupScreen) and "F: restart with other flags" in str(
+                app.screen.query_one("#startup-status").render())
+            assert calls == []  # no load against a server that never came up
+            monkeypatch.delenv("FAKE_VLLM_MODE")
+            await pilot.press("F")
+            await pilot.pause()
+            app.screen.query_one(Input).value = "max_num_seqs=64"
+            await pilot.press("enter")
+            assert await _until(pilot, lambda: isinstance(app.screen, DashboardScreen) and app.engine is not None)
+            await app.workers.wait_for_complete()
+            assert json.loads(argv_file.read_text())[-2:] == ["--max-num-seqs", "64"]
+            assert calls == [1] and eng.sent[0] == ServerConfigChanged("max_num_seqs=64")
             await pilot.press("q")
             await pilot.pause()
     finally:

@@ -38,6 +38,7 @@ class StartupScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.cancel_startup", "Cancel"),
         Binding("q", "app.cancel_startup", "Cancel / quit"),
+        Binding("F", "app.restart_server", "Other flags", show=False),
     ]
 
     def __init__(self, server: ServerHandle, clock: Callable[[], float]) -> None:
@@ -72,9 +73,10 @@ class StartupScreen(Screen):
             status = f"[b $success]ready[/] {escape(s.url)}"
         else:
             rc = s.returncode
+            retry = " · F: restart with other flags" if callable(getattr(s, "restart", None)) else ""
             status = (
                 f"[b reverse $error] server {escape(state)} [/]  exit code [b]{rc if rc is not None else '?'}[/]"
-                f"  {escape(s.error)}\n[$text-muted]q: quit[/]"
+                f"  {escape(s.error)}\n[$text-muted]q: quit{retry}[/]"
             )
         self.query_one("#startup-status", Field).set(status)
         self.query_one("#startup-cmd", Field).set(f"[$text-muted]$ {escape(s.command_line)}[/]")
