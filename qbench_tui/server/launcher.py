@@ -708,7 +708,8 @@ class LaunchedServer:
         if code is None:
             return
         with self._lock:
-            if self._stopping or self._state not in ("starting", "ready"):
+            # self._proc may be a successor by now: restart() holds the lock while this thread waits for it
+            if self._proc is not proc or self._stopping or self._state not in ("starting", "ready"):
                 return
             self._returncode = code
             was = self._state
@@ -717,7 +718,14 @@ class LaunchedServer:
             self._error = f"vLLM {how} {when}"
             self._state = "failed"
         # reap the rest of the group (an orphaned EngineCore would hold GPU memory)
-        threading.Thread(target=self.stop, name="vllm-reap", daemon=True).start()
+        threading.Thread(target=self._reap, args=(proc,), name="vllm-reap", daemon=True).start()
+
+    def _reap(self, proc: subprocess.Popen) -> None:
+        """stop(), but only for the process that died: a restart() may have started a new one before this thread
+        got the lock, and stop() acts on whatever runs now (seen: the new server SIGINTed during its startup)."""
+        with self._lock:
+            if self._proc is proc:
+                self.stop()
 
     # -- readiness -------------------------------------------------------------------------------------
 
@@ -894,12 +902,12 @@ class LaunchedServer:
     def restart(self, overrides: dict[str, Any]) -> None:
         """Stop, apply flag overrides ({"max_num_seqs": 128}; None removes a flag; model/port/... set the
         field), start again. Call wait_ready() afterwards."""
-        self.stop()
-        server = apply_overrides(self.server, overrides)
-        with self._lock:
+        with self._lock:  # one step for other threads: none sees the stopped gap or acts on the old process
+            self.stop()
+            server = apply_overrides(self.server, overrides)
             self._configure(server)
             self._state, self._error, self._returncode = "stopped", "", None
-        self.start()
+            self.start()
 
     def __enter__(self) -> LaunchedServer:
         self.start()

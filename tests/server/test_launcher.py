@@ -381,3 +381,23 @@ def test_parse_flag_overrides() -> None:
                      ("", "no flags given"), ("Bad Name=1", "expected key=value")):
         with pytest.raises(ValueError, match=why):
             parse_flag_overrides(bad)
+
+
+def test_late_reap_of_a_dead_server_leaves_its_restarted_successor_alone(tmp_path: Path) -> None:
+    # A server that died spawns a reaper thread; if restart() won the lock first, that reaper must not stop the
+    # new process (it used to: the restarted server was SIGINTed during its startup).
+    s = LaunchedServer(cfg(), tmp_path)
+    s.start()
+    try:
+        s.wait_ready(timeout=60)
+        old = s._proc
+        s.restart({"max_num_seqs": 8})
+        s.wait_ready(timeout=60)
+        new_pid = s.pid
+        s._reap(old)  # what the old process's late reaper runs
+        time.sleep(0.5)
+        assert s.state == "ready" and s.pid == new_pid and s._proc.poll() is None
+        s._reap(s._proc)  # its own reaper does stop it
+        assert s.state == "stopped"
+    finally:
+        s.stop()

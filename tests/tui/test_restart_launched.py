@@ -56,7 +56,9 @@ async def test_restart_launched_server_from_the_dashboard(tmp_path: Path) -> Non
             await pilot.pause()
             app.screen.query_one(Input).value = "max_num_seqs=32 --enforce-eager"
             await pilot.press("enter")
-            assert await _until(pilot, lambda: isinstance(app.screen, DashboardScreen) and not app._restarting)
+            assert await _until(pilot, lambda: isinstance(app.screen, DashboardScreen) and not app._restarting), (
+                server.state, server.error, server.log_tail(8), app.screen, app._restarting, app._restart_launched,
+                notes(app))
             assert json.loads(argv_file.read_text())[-3:] == ["--max-num-seqs", "32", "--enforce-eager"]
             assert server.state == "ready" and group_gone(first_pgid)
             i = eng.sent.index(Pause())
@@ -114,7 +116,8 @@ async def test_first_launch_fails_then_other_flags_start_it(tmp_path: Path, monk
     app, eng, calls = build_app(server=server, out_dir=str(tmp_path / "res"))
     try:
         async with app.run_test(size=(120, 40)) as pilot:
-            assert await _until(pilot, lambda: server.state == "failed")
+            assert await _until(pilot, lambda: server.state == "failed"), (server.state, server.log_tail(20),
+                                                                           server.error, server.returncode)
             await settle(app, pilot)
             assert isinstance(app.screen, StartupScreen) and "F: restart with other flags" in str(
                 app.screen.query_one("#startup-status").render())
@@ -124,7 +127,9 @@ async def test_first_launch_fails_then_other_flags_start_it(tmp_path: Path, monk
             await pilot.pause()
             app.screen.query_one(Input).value = "max_num_seqs=64"
             await pilot.press("enter")
-            assert await _until(pilot, lambda: isinstance(app.screen, DashboardScreen) and app.engine is not None)
+            assert await _until(pilot, lambda: isinstance(app.screen, DashboardScreen) and app.engine is not None), (
+                server.state, server.error, server.log_tail(8), app.screen, app._restarting, app._restart_launched,
+                app.engine, calls, notes(app))
             await app.workers.wait_for_complete()
             assert json.loads(argv_file.read_text())[-2:] == ["--max-num-seqs", "64"]
             assert calls == [1] and eng.sent[0] == ServerConfigChanged("max_num_seqs=64")
