@@ -195,7 +195,7 @@ class ScriptedSSEServer:
             self.current += 1
             self.max_current = max(self.max_current, self.current)
             self.requests.append({"path": path, "headers": headers, "body": req})
-        clean = False
+        clean = counted = False
         try:
             if sc.hold:
                 await asyncio.sleep(sc.hold)
@@ -243,12 +243,18 @@ class ScriptedSSEServer:
                 clean = True
                 return False
             writer.write(b"0\r\n\r\n")
+            # no longer in flight once the last byte is handed over, before any await: the client may read it
+            # and send its next request before drain() returns, and that one must not count as a 9th of 8
+            with self.lock:
+                self.current -= 1
+                counted = True
             await writer.drain()
             clean = True
             return True
         finally:
             with self.lock:
-                self.current -= 1
+                if not counted:
+                    self.current -= 1
                 if clean and sc.kind == "ok":
                     self.finished += 1
                 elif not clean:
