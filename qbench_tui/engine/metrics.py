@@ -35,6 +35,12 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "prompt_tokens": ("vllm:prompt_tokens",),
     "generation_tokens": ("vllm:generation_tokens",),
     "request_success": ("vllm:request_success",),
+    # histogram sums and counts (V0 and V1 alike): their deltas give the server's own mean over any window, exact
+    # where a quantile from the coarse buckets (10 -> 20 -> 40 ms) would not be
+    "ttft_sum": ("vllm:time_to_first_token_seconds_sum",),
+    "ttft_count": ("vllm:time_to_first_token_seconds_count",),
+    "queue_time_sum": ("vllm:request_queue_time_seconds_sum",),
+    "queue_time_count": ("vllm:request_queue_time_seconds_count",),
 }
 # canonical name -> (info metric, label): CacheConfig is exposed as labels of a constant-1 gauge.
 INFO_LABELS: dict[str, tuple[str, str]] = {
@@ -43,6 +49,7 @@ INFO_LABELS: dict[str, tuple[str, str]] = {
 }
 COUNTERS = frozenset({"prefix_cache_queries", "prefix_cache_hits", "num_preemptions", "prompt_tokens",
                       "generation_tokens", "request_success"})
+_HIST_PARTS = frozenset({"ttft_sum", "ttft_count", "queue_time_sum", "queue_time_count"})  # counters, no _total
 # Gauges where summing series would be wrong: a usage fraction or a ratio. Multiprocess mode exposes one series
 # per pid with only one carrying the real value (PR #28792), and data parallelism one per engine: max fits both.
 _MAX_GAUGES = frozenset({"kv_cache_usage", "prefix_cache_hit_rate_gauge"})
@@ -87,6 +94,10 @@ class ServerSample:
     prompt_tokens: float | None = None
     generation_tokens: float | None = None
     request_success: float | None = None  # all finished_reason values
+    ttft_sum: float | None = None  # seconds, lifetime: the server's TTFT histogram (arrival -> first token out)
+    ttft_count: float | None = None
+    queue_time_sum: float | None = None  # seconds spent WAITING before the scheduler ran the request
+    queue_time_count: float | None = None
     num_gpu_blocks: float | None = None
     block_size: float | None = None
     start_time: float | None = None  # process_start_time_seconds; a change means the server restarted
@@ -274,6 +285,16 @@ class ServerSeries:
             return None
         dh = self._delta(got, "prefix_cache_hits")
         return None if dh is None else dh / dq
+
+    def mean(self, name: str, since_t: float | None = None) -> float | None:
+        """The server's mean of a histogram ("ttft", "queue_time") over the range, from its _sum/_count deltas
+        (None when no request was observed in it)."""
+        got = self._since(since_t)
+        n = self._delta(got, f"{name}_count")
+        if not n or n <= 0:
+            return None
+        total = self._delta(got, f"{name}_sum")
+        return None if total is None else total / n
 
     def max(self, field: str, since_t: float | None = None) -> float | None:
         vals = [v for s in self._since(since_t) if (v := getattr(s, field)) is not None]

@@ -136,6 +136,8 @@ class EngineSession:
             "preemptions": s.delta("num_preemptions", mono_start),
             "max_running": s.max("num_running", mono_start),
             "max_waiting": s.max("num_waiting", mono_start),
+            "mean_ttft_ms": None if (m := s.mean("ttft", mono_start)) is None else m * 1000.0,
+            "mean_queue_ms": None if (q := s.mean("queue_time", mono_start)) is None else q * 1000.0,
         }
 
     def _close_segment(self, now: float) -> None:
@@ -260,6 +262,7 @@ class EngineSession:
             waiting_history=tuple(v or 0.0 for v in s.history("num_waiting", HISTORY)),
             num_gpu_blocks=int(last.num_gpu_blocks) if last.num_gpu_blocks else None,
             block_size=int(last.block_size) if last.block_size else None, gpu=self._gpu,
+            ttft_mean=s.mean("ttft", since), queue_mean=s.mean("queue_time", since),
         )
 
     def _rows(self) -> tuple[SegmentRow, ...]:

@@ -100,6 +100,10 @@ class ServerView:
     waiting_history: tuple[float, ...] = ()
     num_gpu_blocks: int | None = None  # from cache_config_info when present
     block_size: int | None = None
+    # the server's own mean TTFT (its handler's arrival -> first token out) and queue time over the rolling
+    # window, from its histograms' _sum/_count; every client's requests, not only ours
+    ttft_mean: float | None = None
+    queue_mean: float | None = None
     gpu: tuple[dict, ...] = ()  # NVML samples per GPU (util %, mem used/total MiB, power W); empty = no panel
 
 

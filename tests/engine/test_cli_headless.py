@@ -44,6 +44,10 @@ def test_run_json_keys_and_server_delta(sim_proc):
     assert d["total_output_tokens"] == 12 * 20
     # the client's token count is the server's: Δ vllm:generation_tokens_total over the level
     assert d["server"]["generation_tokens"] == d["total_output_tokens"]
+    # the server's own TTFT (arrival in its handler -> first token) is inside what the client measured
+    srv_ttft = d["server"]["mean_ttft_ms"]
+    assert srv_ttft is not None and 0 < srv_ttft <= d["mean_ttft_ms"]
+    assert d["server"]["mean_queue_ms"] is not None and d["server"]["mean_queue_ms"] >= 0
 
 
 def test_run_prompts_file_with_per_line_output_tokens(sim_proc, tmp_path):
@@ -87,6 +91,7 @@ def test_sweep_table_files_and_no_secret(sim_proc, tmp_path):
     lines = jl[0].read_text().splitlines()
     assert len(lines) == 6 and all(json.loads(x)["ok"] for x in lines)
     assert "SIMULATED" in txt[0].read_text()
+    assert txt[0].read_text().count("Server   own TTFT mean") == 2  # per level, beside the client's
     for f in out.iterdir():
         assert SECRET not in f.read_text()
     assert SECRET not in r.stdout + r.stderr

@@ -194,6 +194,10 @@ def test_cli_sweep_against_real_server(real_vllm, tmp_path: Path) -> None:
     assert [lv["max_concurrency"] for lv in levels] == [1, 4, 16]
     assert [lv["completed"] for lv in levels] == [1, 4, 16]
     assert all(lv["failed"] == 0 for lv in levels)
+    # vLLM's own TTFT (its histogram's _sum/_count over the level) sits inside what the client measured
+    for lv in levels:
+        srv = lv["server"]["mean_ttft_ms"]
+        assert srv is not None and 0 < srv <= lv["mean_ttft_ms"], lv
     out = sum(lv["total_output_tokens"] for lv in levels)
     assert out == 64 * 21
     after = asyncio.run(scrape_until(real_vllm.url,

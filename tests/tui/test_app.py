@@ -24,6 +24,7 @@ from qbench_tui.tui.screens.dashboard import DashboardScreen
 from qbench_tui.tui.screens.help import HelpScreen
 from qbench_tui.tui.screens.restart_server import RestartServer
 from qbench_tui.tui.screens.startup import StartupScreen
+from qbench_tui.tui.widgets.fmt import dur
 from qbench_tui.tui.widgets.panels import Field, GpuPanel, LatencyBlock, StatusLine, ThroughputPanel
 from qbench_tui.tui.widgets.segments import SegmentTable
 
@@ -604,3 +605,18 @@ async def test_restart_server_refuses_bad_flags_and_plain_urls():
         await pilot.pause()
         assert isinstance(app2.screen, DashboardScreen)
         assert any("needs a server qbench launched" in n for n in notes(app2))
+
+
+async def test_ttft_block_shows_the_servers_own_ttft_beside_the_clients():
+    snap = sample_snapshot()
+    snap = replace(snap, server=replace(snap.server, ttft_mean=0.0123))
+    app, eng, _ = build_app(FakeEngine(base=snap, evolve=False))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(app, pilot)
+        sub = str(app.screen.query_one("#lat-ttft").border_subtitle)
+        assert sub == (f"server mean 12.3 ms · client mean {dur(snap.ttft.mean)} "
+                       f"(+{dur(snap.ttft.mean - 0.0123)} outside the engine)")
+    app2, _, _ = build_app(FakeEngine(base=sample_snapshot(), evolve=False))  # no server histogram: no claim
+    async with app2.run_test(size=(160, 48)) as pilot:
+        await settle(app2, pilot)
+        assert str(app2.screen.query_one("#lat-ttft").border_subtitle) == ""

@@ -50,6 +50,9 @@ def test_synthetic_013_page() -> None:
     assert s.request_success == 4.0
     assert (s.num_gpu_blocks, s.block_size) == (20000.0, 16.0)
     assert s.start_time is None  # process_* families were left out of that page
+    # histogram _sum/_count of TTFT and queue time (4 requests, 0.48 s of TTFT in all)
+    assert (s.ttft_sum, s.ttft_count) == (pytest.approx(0.48), 4.0)
+    assert s.queue_time_count == 4.0 and s.queue_time_sum == pytest.approx(0.008)
 
 
 def test_v0100_real_page_prefers_v1_names() -> None:
@@ -323,6 +326,21 @@ def test_changed_start_time_is_a_restart_even_if_counter_grew() -> None:
     ser.add(S(1.0, prompt_tokens=200.0, start_time=10.0))
     ser.add(S(2.0, prompt_tokens=300.0, start_time=20.0))
     assert ser.delta("prompt_tokens") == 100.0 + 300.0
+
+
+def test_server_mean_from_histogram_sum_and_count() -> None:
+    ser = ServerSeries()
+    assert ser.mean("ttft") is None
+    ser.add(S(0.0, ttft_sum=10.0, ttft_count=100.0))
+    ser.add(S(1.0, ttft_sum=10.5, ttft_count=110.0))   # 10 requests, 0.5 s of TTFT: 50 ms each
+    ser.add(S(2.0, ttft_sum=12.5, ttft_count=130.0))   # 20 more at 100 ms
+    assert ser.mean("ttft") == pytest.approx(2.5 / 30)
+    assert ser.mean("ttft", since_t=1.0) == pytest.approx(0.1)
+    ser.add(S(3.0, ttft_sum=0.2, ttft_count=2.0))      # restarted: its 2 requests count from zero
+    assert ser.mean("ttft", since_t=2.0) == pytest.approx(0.1)
+    ser.add(S(4.0, ttft_sum=0.2, ttft_count=2.0))
+    assert ser.mean("ttft", since_t=4.0) is None  # nothing observed in the range: no mean, not 0/0
+    assert ser.mean("queue_time") is None
 
 
 def test_delta_none_without_values_zero_with_one() -> None:

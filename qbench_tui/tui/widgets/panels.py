@@ -11,7 +11,7 @@ from textual.markup import escape
 from textual.widgets import Sparkline, Static
 from textual_plotext import PlotextPlot
 
-from qbench_tui.engine.snapshot import LatencyView, Snapshot
+from qbench_tui.engine.snapshot import LatencyView, ServerView, Snapshot
 from qbench_tui.tui.widgets.fmt import bar, dur, num, pct
 from qbench_tui.tui.widgets.histogram import HistogramBars
 
@@ -189,6 +189,18 @@ class LatencyBlock(Vertical):
         self.query_one(HistogramBars).set_view(view)
 
 
+def ttft_split(client: LatencyView, server: ServerView) -> str:
+    """Client TTFT against the server's own (arrival in its handler -> first token out): the difference is
+    the network, the API server's queue and streaming, and the client itself. Means, because vLLM's TTFT buckets
+    (10, 20, 40 ms ...) are too coarse for a useful quantile; the server's counts every client's requests."""
+    if server.ttft_mean is None or client.mean is None:
+        return ""
+    diff = client.mean - server.ttft_mean
+    sign = "+" if diff >= 0 else "-"
+    return (f"server mean {dur(server.ttft_mean)} · client mean {dur(client.mean)} "
+            f"({sign}{dur(abs(diff))} outside the engine)")
+
+
 class LatencyPanel(Horizontal):
     """TTFT, ITL and E2E side by side; on narrow screens only `current` shows (the `l` key cycles)."""
 
@@ -215,6 +227,7 @@ class LatencyPanel(Horizontal):
         # stats text ticks with the snapshot; bars follow the chart budget (<= 1 Hz)
         draw = now - self._last_draw >= self.HIST_PERIOD
         changed = False
+        self.query_one("#lat-ttft", LatencyBlock).border_subtitle = ttft_split(snap.ttft, snap.server)
         for k in self.KINDS:
             block = self.query_one(f"#lat-{k}", LatencyBlock)
             view: LatencyView = getattr(snap, k)
