@@ -280,7 +280,7 @@ class EngineSession:
                 server_gen_tok_s=(srv["generation_tokens"] / lv["duration"]
                                   if srv.get("generation_tokens") is not None and lv["duration"] > 0 else None),
                 max_kv_usage=srv.get("max_kv_cache_usage"), preemptions=srv.get("preemptions"),
-                waiting_max=srv.get("max_waiting"),
+                waiting_max=srv.get("max_waiting"), server_config=lv.get("server_config", ""),
             ))
         return tuple(rows)
 

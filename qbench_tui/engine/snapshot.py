@@ -127,6 +127,7 @@ class SegmentRow:
     max_kv_usage: float | None = None
     preemptions: float | None = None
     waiting_max: float | None = None
+    server_config: str = ""  # the launched server's flags while it ran ("" when not known)
 
 
 @dataclass(frozen=True, slots=True)

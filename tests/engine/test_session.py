@@ -100,6 +100,8 @@ def test_server_config_labels_segments_and_scopes_the_knee(server, tmp_path):
         assert s is not None
     finally:
         eng.close()
+    assert [(r.concurrency, r.server_config) for r in s.segments] == [
+        (2, "max_num_seqs=8"), (4, "max_num_seqs=8"), (4, "max_num_seqs=2")]  # the live table's rows
     data = json.loads(Path(s.saved[1]).read_text())
     got = [(lv["max_concurrency"], lv.get("server_config")) for lv in data["levels"]]
     assert got == [(2, "max_num_seqs=8"), (4, "max_num_seqs=8"), (4, "max_num_seqs=2")]

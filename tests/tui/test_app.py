@@ -344,6 +344,15 @@ async def test_segment_rows_update_in_place():
         await settle(app, pilot)
         assert table.row_count == 4
         assert table.get_cell("4", "level") == "96"
+        assert "flags" not in table.columns  # one server config so far: no column for it
+        # after a restart with other flags, the table says which flags each level ran under
+        segs = tuple(replace(r, server_config="max_num_seqs=256") for r in base.segments[:-1] + (last, new))
+        other = replace(new, segment=5, concurrency=96, server_config="max_num_seqs=128")
+        eng.push(replace(base, segments=segs + (other,)))
+        await settle(app, pilot)
+        assert "flags" in table.columns and table.row_count == 5
+        assert table.get_cell("4", "flags") == "max_num_seqs=256"
+        assert table.get_cell("5", "flags") == "max_num_seqs=128"
 
 
 async def test_chart_redraws_at_most_once_a_second_and_only_on_change(clock):

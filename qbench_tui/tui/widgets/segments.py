@@ -46,6 +46,7 @@ class SegmentTable(DataTable):
         super().__init__(cursor_type="none", zebra_stripes=True, show_cursor=False, **kw)
         self.can_focus = False  # arrows belong to the concurrency control
         self._rows: dict[int, tuple[str, ...]] = {}
+        self._flags = False
         self.cell_updates = 0
 
     def on_mount(self) -> None:
@@ -53,17 +54,23 @@ class SegmentTable(DataTable):
             self.add_column(label, key=key)
 
     def show(self, rows: tuple[SegmentRow, ...]) -> None:
+        # the server's flags get a column once the session has seen more than one set (a restart with `F`)
+        if not self._flags and len({r.server_config for r in rows}) > 1:
+            self.add_column("server flags", key="flags", default="")
+            self._flags = True
+            self._rows = {k: v + ("",) for k, v in self._rows.items()}
+        columns = COLUMNS + ((("flags", "server flags"),) if self._flags else ())
         seen = set()
         added = False
         for r in rows:
             seen.add(r.segment)
-            cells = row_cells(r)
+            cells = row_cells(r) + ((r.server_config,) if self._flags else ())
             old = self._rows.get(r.segment)
             if old is None:
                 self.add_row(*cells, key=str(r.segment))
                 added = True
             else:
-                for (col, _), new, prev in zip(COLUMNS, cells, old):
+                for (col, _), new, prev in zip(columns, cells, old):
                     if new != prev:
                         self.update_cell(str(r.segment), col, new)
                         self.cell_updates += 1
