@@ -84,19 +84,9 @@ def _spec_and_prompts(cfg, url: str, model: str, api_key: str | None):
 
 
 def _prompt_source(cfg) -> str:
-    lc = cfg.load
-    if lc.prompts_file:
-        from .engine.prompts import PromptError, Sized, load_prompts
-        try:
-            sized = [p.max_tokens for p in load_prompts(lc.prompts_file) if isinstance(p, Sized)]
-        except PromptError:
-            sized = []
-        if sized:  # the report's "Max tokens" is only the default for the other lines
-            return f"file:{lc.prompts_file} ({len(sized)} with own max_tokens {min(sized)}-{max(sized)})"
-        return f"file:{lc.prompts_file}"
-    if lc.prompt_len:
-        return f"synthetic:{lc.prompt_len} tokens"
-    return "fixed"
+    from .engine.prompts import describe_source
+
+    return describe_source(cfg.load.prompts_file, cfg.load.prompt_len)
 
 
 class _Target:

@@ -16,7 +16,7 @@ import httpx
 from .engine.load import LoadEngine
 from .engine.metrics import ServerSample, ServerSeries, fetch_info, parse_metrics
 from .engine.records import RequestRecord, RequestSpec
-from .engine.stats import summarize
+from .engine.stats import summarize, to_ms
 
 
 class Unreachable(RuntimeError):
@@ -107,13 +107,9 @@ class ServerWatch:
             "max_running": peak("num_running"),
             "max_waiting": peak("num_waiting"),
             "num_gpu_blocks": b.num_gpu_blocks,
-            "mean_ttft_ms": _ms(level.mean("ttft")),  # the server's own TTFT: arrival in its handler -> first token
-            "mean_queue_ms": _ms(level.mean("queue_time")),
+            "mean_ttft_ms": to_ms(level.mean("ttft")),  # the server's own TTFT: arrival in its handler -> first token
+            "mean_queue_ms": to_ms(level.mean("queue_time")),
         }
-
-
-def _ms(v: float | None) -> float | None:
-    return None if v is None else v * 1000.0
 
 
 async def discover(url: str, headers: dict) -> tuple[str | None, list[str]]:

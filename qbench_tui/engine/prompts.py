@@ -96,6 +96,22 @@ def load_prompts(path: str) -> list[Prompt]:
     return prompts
 
 
+def describe_source(prompts_file: str = "", prompt_len: int = 0) -> str:
+    """The reports' "prompt source": fixed, synthetic, or a file (saying how many of its lines set their own
+    max_tokens, since the report's "Max tokens" is then only the default for the others)."""
+    if prompts_file:
+        try:
+            sized = [p.max_tokens for p in load_prompts(prompts_file) if isinstance(p, Sized)]
+        except PromptError:
+            sized = []
+        if sized:
+            return f"file:{prompts_file} ({len(sized)} with own max_tokens {min(sized)}-{max(sized)})"
+        return f"file:{prompts_file}"
+    if prompt_len:
+        return f"synthetic:{prompt_len} tokens"
+    return "fixed"
+
+
 def make_prompt_source(prompt: str, prompts_file: str = "", prompt_len: int = 0, unique_prefix: bool = False,
                        seed: int = 0) -> Callable[[int], Prompt]:
     """Returns prompts(i) -> the prompt for the i-th request (deterministic for a given seed)."""

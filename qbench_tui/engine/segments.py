@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from .records import RequestRecord
-from .stats import _pct_sorted
+from .stats import _pct_sorted, to_ms as _ms
 
 _LO, _PER_DECADE, _DECADES = 1e-5, 200, 8  # 10 us .. 1000 s
 EXACT_LIMIT = 20_000  # per-request values kept exactly per segment before folding into a histogram
@@ -55,10 +55,6 @@ class LogHistogram:
     @property
     def mean(self) -> float | None:
         return self.sum / self.total if self.total else None
-
-
-def _ms(v: float | None) -> float | None:
-    return None if v is None else v * 1000.0
 
 
 @dataclass

@@ -12,13 +12,13 @@ from ..report.files import RunMeta, result_basename, write_results
 from ..sweep import find_knee
 from .load import LoadEngine
 from .metrics import MetricsPoller, ServerSample, ServerSeries, fetch_info
-from .prompts import make_prompt_source
+from .prompts import describe_source, make_prompt_source
 from .recordlog import RecordLog
 from .records import RequestRecord, RequestSpec
 from .segments import SegmentStats
 from .snapshot import (Command, Pause, ResetWindow, Resume, RunLevel, Save, SegmentRow, ServerConfigChanged,
                        ServerView, SetConcurrency, Snapshot, Stop)
-from .stats import RollingWindow, latency_view
+from .stats import RollingWindow, latency_view, to_ms
 
 HISTORY = 240  # points kept for sparklines/charts: wider than any chart we draw
 LAG_PERIOD = 0.05
@@ -68,8 +68,7 @@ class EngineSession:
         self.server_error = ""
         self.version: str | None = None
         self.meta = RunMeta(url=cfg.spec.url, model=cfg.spec.model, prompt=cfg.prompt,
-                            prompt_source=(f"file:{cfg.prompts_file}" if cfg.prompts_file else
-                                           f"synthetic:{cfg.prompt_len} tokens" if cfg.prompt_len else "fixed"),
+                            prompt_source=describe_source(cfg.prompts_file, cfg.prompt_len),
                             max_tokens=cfg.spec.max_tokens, mode="live", endpoint=cfg.spec.endpoint,
                             ignore_eos=cfg.spec.ignore_eos, unique_prefix=cfg.unique_prefix,
                             temperature=cfg.spec.temperature, simulated=cfg.simulated,
@@ -136,8 +135,8 @@ class EngineSession:
             "preemptions": s.delta("num_preemptions", mono_start),
             "max_running": s.max("num_running", mono_start),
             "max_waiting": s.max("num_waiting", mono_start),
-            "mean_ttft_ms": None if (m := s.mean("ttft", mono_start)) is None else m * 1000.0,
-            "mean_queue_ms": None if (q := s.mean("queue_time", mono_start)) is None else q * 1000.0,
+            "mean_ttft_ms": to_ms(s.mean("ttft", mono_start)),
+            "mean_queue_ms": to_ms(s.mean("queue_time", mono_start)),
         }
 
     def _close_segment(self, now: float) -> None:

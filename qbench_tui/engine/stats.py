@@ -40,8 +40,11 @@ def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _ms(v: float | None) -> float | None:
+def to_ms(v: float | None) -> float | None:
     return None if v is None else v * 1000.0
+
+
+_ms = to_ms
 
 
 def _dist_ms(prefix: str, values: Sequence[float]) -> dict:
