@@ -97,7 +97,7 @@ class Server:
 class Stream:
     __slots__ = ("conn", "left", "n", "usage", "first")
 
-    def __init__(self, conn: "Conn", n: int, prompt: int) -> None:
+    def __init__(self, conn: Conn, n: int, prompt: int) -> None:
         self.conn = conn
         self.n = n
         self.left = n

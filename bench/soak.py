@@ -126,7 +126,8 @@ def main() -> None:
         worst = max(lags, key=lambda x: x[1])
         late = [v for t, v in lags if t >= a.settle * a.minutes * 60]
         print(f"loop lag (1-s max, per snapshot): p50 {vals[len(vals) // 2]:.1f} ms, p99 "
-              f"{vals[min(len(vals) - 1, int(len(vals) * 0.99))]:.1f} ms, worst {worst[1]:.1f} ms at t={worst[0]:.0f} s;"
+              f"{vals[min(len(vals) - 1, int(len(vals) * 0.99))]:.1f} ms, "
+              f"worst {worst[1]:.1f} ms at t={worst[0]:.0f} s;"
               f" after settle: worst {max(late) if late else float('nan'):.1f} ms")
         thirds = [[v for t, v in lags if k * a.minutes * 20 <= t < (k + 1) * a.minutes * 20] for k in range(3)]
         print("loop lag mean by third of the run: " + ", ".join(

@@ -15,9 +15,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from qbench_tui.tui.app import QBenchApp  # noqa: E402
-from qbench_tui.tui.fake_engine import FakeEngine, FakeServer  # noqa: E402
-from qbench_tui.tui.widgets.panels import ThroughputPanel  # noqa: E402
+from qbench_tui.tui.app import QBenchApp
+from qbench_tui.tui.fake_engine import FakeEngine, FakeServer
+from qbench_tui.tui.widgets.panels import ThroughputPanel
 
 BUDGET_PCT = 15.0
 

@@ -319,7 +319,8 @@ def main() -> None:
                 exact[kind] += r["out_tokens"] == r["server_delta"] == sum(lens)
                 print(f"{rnd:>3} {kind:<7} {r['out_tok_s']:>10.1f} {r['ttft_ms']:>13.2f} {r['tpot_ms']:>13.2f} "
                       f"{r['completed']:>4} {r['out_tokens']:>7} {r['server_delta']:>11.0f} {r['prompt_delta']:>8.0f} "
-                      f"{r['wall_s']:>7.1f}" + ("  (tokens == server Δ)" if r["out_tokens"] == r["server_delta"] else ""),
+                      f"{r['wall_s']:>7.1f}"
+                      + ("  (tokens == server Δ)" if r["out_tokens"] == r["server_delta"] else ""),
                       flush=True)
             for k in keys:
                 ratios[k].append(res["qbench"][k] / res["vllm"][k])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -136,7 +135,8 @@ class Unreachable(Exception):
 def _resolve_model(url: str, api_key: str | None, model: str) -> tuple[str, str | None]:
     import asyncio
 
-    from .headless import Unreachable as HU, discover
+    from .headless import Unreachable as HU
+    from .headless import discover
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
@@ -215,7 +215,6 @@ def _print_failures(lv: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
 
     if args.concurrency is None or args.concurrency < 1:
         raise Usage("--concurrency N (N >= 1) is required")
@@ -248,7 +247,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import asyncio
 
     extra = {"sweep.levels": args.levels, "sweep.mode": args.mode, "sweep.duration": args.duration,
              "sweep.requests": args.requests, "sweep.warmup": args.warmup, "sweep.out": args.out}

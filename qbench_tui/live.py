@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from .server.handle import Phase
 
@@ -135,9 +134,9 @@ def _engine_factory(args, cfg, url_fn, api_key, simulated: bool, server_label: s
         import asyncio
 
         from .engine.process import EngineProcess
+        from .engine.records import RequestSpec
         from .engine.session import SessionConfig
         from .headless import discover
-        from .engine.records import RequestSpec
 
         url = url_fn().rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

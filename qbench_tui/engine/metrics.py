@@ -12,8 +12,8 @@ import math
 import re
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families

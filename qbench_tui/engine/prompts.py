@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 
 class Sized(NamedTuple):
@@ -145,5 +146,3 @@ def _prefixed(prefix: str, base: str | list) -> str | list:
     if msgs and isinstance(msgs[0].get("content"), str):
         msgs[0]["content"] = prefix + msgs[0]["content"]
     return msgs
-
-    return unique

@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass, field
 
 from .records import RequestRecord
-from .stats import _pct_sorted, to_ms as _ms
+from .stats import _pct_sorted
+from .stats import to_ms as _ms
 
 _LO, _PER_DECADE, _DECADES = 1e-5, 200, 8  # 10 us .. 1000 s
 EXACT_LIMIT = 20_000  # per-request values kept exactly per segment before folding into a histogram

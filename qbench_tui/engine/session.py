@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..report.files import RunMeta, result_basename, write_results
 from ..sweep import find_knee
@@ -16,8 +16,20 @@ from .prompts import describe_source, make_prompt_source
 from .recordlog import RecordLog
 from .records import RequestRecord, RequestSpec
 from .segments import SegmentStats
-from .snapshot import (Command, Pause, ResetWindow, Resume, RunLevel, Save, SegmentRow, ServerConfigChanged,
-                       ServerView, SetConcurrency, Snapshot, Stop)
+from .snapshot import (
+    Command,
+    Pause,
+    ResetWindow,
+    Resume,
+    RunLevel,
+    Save,
+    SegmentRow,
+    ServerConfigChanged,
+    ServerView,
+    SetConcurrency,
+    Snapshot,
+    Stop,
+)
 from .stats import RollingWindow, latency_view, to_ms
 
 HISTORY = 240  # points kept for sparklines/charts: wider than any chart we draw

@@ -132,7 +132,8 @@ def render_txt(meta: RunMeta, levels: list[dict], knee: dict | None = None) -> s
                 + f"  preemptions {_f(srv.get('preemptions'), 0)}"
                 + f"  generation tokens {_f(srv.get('generation_tokens'), 0)}")
             if srv.get("mean_ttft_ms") is not None:
-                lines.append(f"  Server   own TTFT mean {_f(srv['mean_ttft_ms'])} ms (client {_f(lv['mean_ttft_ms'])} ms;"
+                lines.append(f"  Server   own TTFT mean {_f(srv['mean_ttft_ms'])} ms "
+                             f"(client {_f(lv['mean_ttft_ms'])} ms;"
                              f" the rest is network, the API server and streaming)"
                              + (f"  queue mean {_f(srv['mean_queue_ms'])} ms"
                                 if srv.get("mean_queue_ms") is not None else ""))

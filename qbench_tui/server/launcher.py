@@ -28,8 +28,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qbench_tui.config import SERVER_OWN_KEYS, ServerConfig
 from qbench_tui.server import phases as _ph

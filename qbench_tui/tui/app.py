@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Callable, Iterable
 
 from textual import on
 from textual.app import App, SystemCommand
@@ -19,8 +19,17 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from qbench_tui.engine.snapshot import (Command, Pause, ResetWindow, Resume, Save, ServerConfigChanged, SetConcurrency,
-                                       Snapshot, Stop)
+from qbench_tui.engine.snapshot import (
+    Command,
+    Pause,
+    ResetWindow,
+    Resume,
+    Save,
+    ServerConfigChanged,
+    SetConcurrency,
+    Snapshot,
+    Stop,
+)
 from qbench_tui.server.handle import ServerHandle
 from qbench_tui.tui.link import EngineLink
 from qbench_tui.tui.screens.concurrency_input import MAX_CONCURRENCY, ConcurrencyInput
@@ -378,10 +387,10 @@ class QBenchApp(App):
         yield from super().get_system_commands(screen)
         if screen is not self.dashboard:
             return
-        yield SystemCommand("Concurrency +1", "Raise the target concurrency by 1", partial(self.action_change_concurrency, 1))
-        yield SystemCommand("Concurrency -1", "Lower the target concurrency by 1", partial(self.action_change_concurrency, -1))
-        yield SystemCommand("Concurrency +10", "Raise the target concurrency by 10", partial(self.action_change_concurrency, 10))
-        yield SystemCommand("Concurrency -10", "Lower the target concurrency by 10", partial(self.action_change_concurrency, -10))
+        for delta in (1, -1, 10, -10):
+            verb = "Raise" if delta > 0 else "Lower"
+            yield SystemCommand(f"Concurrency {delta:+d}", f"{verb} the target concurrency by {abs(delta)}",
+                                partial(self.action_change_concurrency, delta))
         yield SystemCommand("Set concurrency…", "Type a target concurrency (0..4096)", self.action_ask_concurrency)
         yield SystemCommand("Pause / resume", "Pause or resume the load", self.action_toggle_pause)
         yield SystemCommand("Reset window", "Restart the rolling window", self.action_reset_window)

@@ -16,8 +16,8 @@ import math
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from qbench_tui.engine.snapshot import (
     Command,

@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qbench_tui.engine.metrics import (PROBE_KEYS, MetricsPoller, ServerSample, ServerUnreachable, fetch_info,
-                                       probe)
+from qbench_tui.engine.metrics import PROBE_KEYS, MetricsPoller, ServerSample, ServerUnreachable, fetch_info, probe
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "metrics"
 SYNTHETIC = (FIX / "SYNTHETIC_v0.13.0_rendered-from-loggers.py-definitions.prom").read_text(encoding="utf-8")
@@ -54,7 +53,7 @@ class FakeServer:
             def log_message(self, *a) -> None:  # keep test output clean
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 with outer._lock:
                     outer.hits[self.path] = outer.hits.get(self.path, 0) + 1
                     outer.auth.append(self.headers.get("Authorization"))

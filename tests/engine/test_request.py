@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import json
 import socket
 
@@ -9,7 +8,11 @@ import pytest
 
 from qbench_tui.engine.records import RequestSpec
 from qbench_tui.engine.request import (
-    build_request, error_message, make_client, make_ssl_context, stream_request,
+    build_request,
+    error_message,
+    make_client,
+    make_ssl_context,
+    stream_request,
 )
 from tests.fakes.scripted_sse import Scenario, ScriptedSSEServer, frame, sse_events
 

@@ -10,8 +10,7 @@ import pytest
 from qbench_tui.engine.process import EngineProcess
 from qbench_tui.engine.records import RequestSpec
 from qbench_tui.engine.session import SessionConfig
-from qbench_tui.engine.snapshot import (Pause, ResetWindow, Resume, RunLevel, Save, ServerConfigChanged,
-                                       SetConcurrency)
+from qbench_tui.engine.snapshot import Pause, ResetWindow, Resume, RunLevel, Save, ServerConfigChanged, SetConcurrency
 from tests.fakes.scripted_sse import Scenario, ScriptedSSEServer
 
 

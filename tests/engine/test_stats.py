@@ -8,7 +8,13 @@ import pytest
 from qbench_tui.engine.records import RequestRecord
 from qbench_tui.engine.snapshot import LatencyView
 from qbench_tui.engine.stats import (
-    FineHistogram, LatencyHistogram, RollingWindow, latency_view, log_edges, percentile, summarize,
+    FineHistogram,
+    LatencyHistogram,
+    RollingWindow,
+    latency_view,
+    log_edges,
+    percentile,
+    summarize,
 )
 
 approx = pytest.approx

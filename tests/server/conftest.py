@@ -69,6 +69,6 @@ def sim_server():
         for s in reversed(started):
             try:
                 s.stop()
-            except Exception:  # noqa: BLE001 - teardown must stop the others too
+            except Exception:
                 pass
         tmpdir.cleanup()

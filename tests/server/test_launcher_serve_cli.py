@@ -73,9 +73,8 @@ def test_launch_error_is_exit_1(tmp_path: Path) -> None:
 def test_serve_until_sigterm(tmp_path: Path) -> None:
     port = free_port()
     cfg = write_config(tmp_path, 1, extra="")  # the --port flag wins over the file
-    code = ("import sys; sys.path.insert(0, %r); from qbench_tui.server import serve_cli; import argparse;"
-            "p = argparse.ArgumentParser(); serve_cli.add_arguments(p); sys.exit(serve_cli.run(p.parse_args()))"
-            % str(ROOT))
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from qbench_tui.server import serve_cli; import argparse;"
+            "p = argparse.ArgumentParser(); serve_cli.add_arguments(p); sys.exit(serve_cli.run(p.parse_args()))")
     env = dict(os.environ, FAKE_VLLM_PYTHON=sys.executable, FAKE_VLLM_SERVER="builtin", FAKE_VLLM_DELAY="0.01")
     proc = subprocess.Popen([sys.executable, "-c", code, str(cfg), "--port", str(port), "--log-dir", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

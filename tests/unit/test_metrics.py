@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qbench_tui.engine.metrics import (ALIASES, MetricsParseError, ServerSample, ServerSeries,
-                                       parse_metrics)
+from qbench_tui.engine.metrics import ALIASES, MetricsParseError, ServerSample, ServerSeries, parse_metrics
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "metrics"
 SYNTHETIC = FIX / "SYNTHETIC_v0.13.0_rendered-from-loggers.py-definitions.prom"
@@ -307,7 +306,7 @@ def test_sample_is_frozen() -> None:
 # ---------------------------------------------------------------- series
 
 
-def S(t: float, **kw) -> ServerSample:  # noqa: N802
+def S(t: float, **kw) -> ServerSample:
     return ServerSample(t=t, schema="v1", engines=1, **kw)
 
 

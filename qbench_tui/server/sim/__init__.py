@@ -18,8 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Faults", "Profile", "SimHandle", "SimServer", "list_profiles", "load_profile", "start_in_thread"]
 
 
-def start_in_thread(profile: "Profile | str" = "h200-fast", host: str = "127.0.0.1", port: int = 0,
-                    **kwargs: Any) -> "SimHandle":
+def start_in_thread(profile: Profile | str = "h200-fast", host: str = "127.0.0.1", port: int = 0,
+                    **kwargs: Any) -> SimHandle:
     """See runner.start_in_thread (imported lazily so `import qbench_tui.server.sim` stays light)."""
     from .runner import start_in_thread as _start
 

@@ -11,7 +11,8 @@ import json
 import os
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .faults import FaultDice, FaultPlan, Faults
 from .metrics import SimMetrics
@@ -120,8 +121,9 @@ class TruthRecorder:
 
     Record: {"id", "path", "arrival_perf", "arrival_wall", "client_port", "prompt_tokens", "completion_tokens",
     "finish_reason", "chunks": [[perf_counter, time.time, tokens_in_send], ...], "status"}. client_port lets a packet
-    capture tie the request's bytes on the wire to this record (bench/fidelity.py --wire). The role chunk rides with the first
-    token, so chunks[0] marks TTFT. Written as one JSON line per request when it ends (file), and kept in memory.
+    capture tie the request's bytes on the wire to this record (bench/fidelity.py --wire). The role chunk rides with
+    the first token, so chunks[0] marks TTFT. Written as one JSON line per request when it ends (file), and kept
+    in memory.
     """
 
     def __init__(self, path: str | None = None, keep: int = 100_000):

@@ -49,7 +49,7 @@ class Faults:
         return out
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Faults":
+    def from_args(cls, args: argparse.Namespace) -> Faults:
         kw = {}
         for f in fields(cls):
             key = "metrics_fault" if f.name == "metrics" else f.name

@@ -85,7 +85,7 @@ class Histogram:
 class SimMetrics:
     """All counters, gauges and histograms of one simulated engine (engine "0")."""
 
-    def __init__(self, profile: "Profile", model_name: str, schema: str = "v1"):
+    def __init__(self, profile: Profile, model_name: str, schema: str = "v1"):
         if schema not in ("v1", "v0"):
             raise ValueError("metrics schema must be v1 or v0")
         self.profile = profile

@@ -58,7 +58,7 @@ class Profile:
     default_system_prompt: str = ""  # prepended by the chat template when the request has no system message
     vocab_text: str = ""  # words the simulated model "writes"; empty = a built-in paragraph
 
-    def replace(self, **changes: Any) -> "Profile":
+    def replace(self, **changes: Any) -> Profile:
         prof = dataclasses.replace(self, **_coerce(changes))
         _validate(prof)
         return prof
@@ -73,7 +73,7 @@ class Profile:
         return self.kv_cache_tokens / self.max_model_len
 
     def to_toml(self) -> str:
-        lines = [f"# qbench sim profile (written by Profile.to_toml)"]
+        lines = ["# qbench sim profile (written by Profile.to_toml)"]
         for f in fields(self):
             v = getattr(self, f.name)
             lines.append(f"{f.name} = {_toml_value(v)}")

@@ -12,7 +12,8 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 
@@ -53,7 +54,7 @@ class SimServer:
     def __init__(self, profile: Profile | str = "h200-fast", host: str = "127.0.0.1", port: int = 0, *,
                  model_name: str | None = None, metrics_schema: str = "v1", speed: float = 1.0, seed: int = 0,
                  record_truth: str | None = None, faults: Faults | None = None, hard_crash: bool = True,
-                 log_level: str = "warning", on_listening: Callable[["SimServer"], None] | None = None):
+                 log_level: str = "warning", on_listening: Callable[[SimServer], None] | None = None):
         self.profile = load_profile(profile)
         self.faults = faults or Faults()
         self.truth = TruthRecorder(record_truth)
@@ -217,7 +218,7 @@ class SimHandle:
         except OSError:
             pass
 
-    def __enter__(self) -> "SimHandle":
+    def __enter__(self) -> SimHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -159,7 +159,7 @@ class KVCache:
 
 
 class SimEngine:
-    def __init__(self, profile: "Profile", metrics: "SimMetrics", speed: float = 1.0, seed: int = 0):
+    def __init__(self, profile: Profile, metrics: SimMetrics, speed: float = 1.0, seed: int = 0):
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.profile = profile

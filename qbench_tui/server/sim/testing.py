@@ -83,7 +83,7 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
             v = predicate()
             if v:
                 return v
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             last_exc = e
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last error: {last_exc!r})")

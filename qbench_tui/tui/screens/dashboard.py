@@ -51,7 +51,7 @@ class DashboardScreen(Screen):
         self.show_log = show_log
 
     @property
-    def qapp(self) -> "QBenchApp":
+    def qapp(self) -> QBenchApp:
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:

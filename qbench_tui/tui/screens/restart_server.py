@@ -1,8 +1,6 @@
 """`F`: restart the launched server with other flags. Dismisses with the overrides, or None when cancelled."""
 from __future__ import annotations
 
-from typing import Any
-
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding

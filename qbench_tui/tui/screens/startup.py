@@ -1,7 +1,8 @@
 """Shown while a launched server starts: phases with their durations, KV cache size, log tail, cancel."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,7 +15,7 @@ from qbench_tui.server.handle import ServerHandle
 from qbench_tui.tui.widgets.panels import Field
 
 if TYPE_CHECKING:
-    from qbench_tui.tui.app import QBenchApp
+    pass
 
 
 def phase_lines(phases, elapsed: float, state: str) -> list[str]:
@@ -68,7 +69,8 @@ class StartupScreen(Screen):
         state = s.state
         elapsed = self.clock() - self.t0
         if state == "starting":
-            status = f"[b $warning]starting[/] {escape(s.url)}  elapsed [b]{elapsed:.1f} s[/]   (esc: stop server and exit)"
+            status = (f"[b $warning]starting[/] {escape(s.url)}  elapsed [b]{elapsed:.1f} s[/]"
+                      "   (esc: stop server and exit)")
         elif state == "ready":
             status = f"[b $success]ready[/] {escape(s.url)}"
         else:

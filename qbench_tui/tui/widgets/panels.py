@@ -291,7 +291,8 @@ class ServerPanel(Vertical):
         self.set_class(none, "-no-metrics")
         if none:
             self.query_one("#srv-kv", Field).set("[b $text-warning]no server metrics[/]")
-            self.query_one("#srv-sched", Field).set("[$text-muted]the server has no vLLM /metrics:\nonly client-side numbers[/]")
+            self.query_one("#srv-sched", Field).set(
+                "[$text-muted]the server has no vLLM /metrics:\nonly client-side numbers[/]")
             self.query_one("#srv-extra", Field).set("")
         else:
             kv = sv.kv_cache_usage
