@@ -97,9 +97,9 @@ async def run_qbench(url: str, c: int, n: int, tokens: int, httpx_transport: boo
     from qbench_tui.engine.records import RequestSpec
 
     if httpx_transport:  # the engine as it was before the raw transport: one httpx.AsyncClient per worker
-        from qbench_tui.engine.request import make_httpx_client
+        from bench.httpx_stream import make_httpx_client, stream_request
 
-        load.make_client = make_httpx_client
+        load.make_client, load.stream_request = make_httpx_client, stream_request
 
     spec = RequestSpec(url=url, model="fast-sse", max_tokens=tokens, ignore_eos=True)
     eng = LoadEngine(spec, lambda i: "hi")

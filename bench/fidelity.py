@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -279,14 +278,10 @@ def _fmt(xs: list[float]) -> str:
 
 # ------------------------------------------------------------------ parent
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_sim(profile: str, truth_path: str, cores: list[int] | None = None) -> tuple[subprocess.Popen, str, str]:
-    port = _free_port()
+    from qbench_tui.server.net import free_port
+
+    port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "qbench_tui.server.sim", "--host", "127.0.0.1", "--port", str(port),
                           "--profile", profile, "--record-truth", truth_path], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

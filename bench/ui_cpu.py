@@ -16,15 +16,15 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from qbench_tui.tui.app import QBenchApp
-from qbench_tui.tui.fake_engine import FakeEngine, FakeServer
 from qbench_tui.tui.widgets.panels import ThroughputPanel
+from tests.tui.fakes import FakeEngine, FakeServer
 
 BUDGET_PCT = 15.0
 
 
 async def measure(seconds: float, concurrency: int, size: tuple[int, int], warmup: float) -> dict:
     eng = FakeEngine(evolve=True, period=0.25)
-    server = FakeServer(_state="ready")  # shows the log panel too, as with a launched server
+    server = FakeServer(state="ready")  # shows the log panel too, as with a launched server
     app = QBenchApp(lambda: eng, server=server, start_concurrency=concurrency, simulated=True)
     result: dict = {}
 

@@ -33,7 +33,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,16 +40,12 @@ import tempfile
 import time
 import urllib.request
 
+from qbench_tui.server.net import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 QBENCH = os.path.join(os.path.dirname(sys.executable), "qbench")
 HOME = os.path.expanduser("~")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def counters(url: str) -> tuple[float, float]:

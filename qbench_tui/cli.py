@@ -157,7 +157,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import asyncio
 
     from .config import resolve_api_key
-    from .engine.metrics import ServerUnreachable, probe
+    from .engine.server_poll import ServerUnreachable, probe
 
     api_key, _ = resolve_api_key(args.api_key)
     try:
@@ -197,9 +197,9 @@ def _run_async(coro):
     return uvloop.run(coro)
 
 
-def _error_exit(levels: list[dict], max_error_rate: float) -> int:
-    done = sum(lv["completed"] for lv in levels)
-    failed = sum(lv["failed"] for lv in levels)
+def _error_exit(levels: list, max_error_rate: float) -> int:
+    done = sum(lv.completed for lv in levels)
+    failed = sum(lv.failed for lv in levels)
     if done == 0:
         _err(f"every request failed ({failed})" if failed else "no request completed")
         return EXIT_FAIL
@@ -209,8 +209,8 @@ def _error_exit(levels: list[dict], max_error_rate: float) -> int:
     return EXIT_OK
 
 
-def _print_failures(lv: dict) -> None:
-    for reason, n in (lv.get("failures") or {}).items():
+def _print_failures(lv) -> None:
+    for reason, n in lv.failures.items():
         print(f"  failed {n}x: {reason}", file=sys.stderr)
 
 
@@ -239,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     lv = levels[0]
     if args.json:
-        print(json.dumps(lv, indent=2))
+        print(json.dumps(lv.to_json(), indent=2))
     else:
         print(bench_block(lv, model=model, url=url, version=version))
         _print_failures(lv)
@@ -259,9 +259,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import find_knee
 
     sw = cfg.sweep
-    api_key, _ = resolve_api_key(args.api_key)
+    api_key, key_source = resolve_api_key(args.api_key)
     target = _Target(args, cfg)
-    levels: list[dict] = []
+    levels: list = []
     meta = None
     paths: list[Path] = []
     try:
@@ -273,7 +273,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                            mode=sw.mode, endpoint=cfg.load.endpoint, ignore_eos=cfg.load.ignore_eos,
                            unique_prefix=cfg.load.unique_prefix, temperature=cfg.load.temperature,
                            simulated=bool(version and "sim" in version),
-                           server_config=target.server.config_label if target.server else "")
+                           server_config=target.server.config_label if target.server else "",
+                           config_sources={**dict(cfg.sources), "api_key": key_source})
             base = result_basename(model, meta.started)
             out = Path(sw.out)
             records = RecordLog(out / f"{base}.requests.jsonl")
@@ -283,15 +284,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 print(f"qbench sweep {url}  model {model}  mode {sw.mode}  levels {list(sw.levels)}"
                       + ("  [SIMULATED]" if meta.simulated else ""), file=sys.stderr)
 
-            def on_level(lv: dict, recs) -> None:
+            def on_level(lv, recs) -> None:
                 levels.append(lv)
                 for r in recs:
-                    records.add(r, level=lv["max_concurrency"])
+                    records.add(r, level=lv.max_concurrency)
                 records.flush()
                 write_results(out, base, meta, levels, find_knee(levels))
                 if not args.json:
-                    print(f"  level {lv['max_concurrency']}: {lv['completed']} ok, {lv['failed']} failed, "
-                          f"{lv['total_time_s']:.2f} s, {lv['output_throughput']:.1f} tok/s", file=sys.stderr)
+                    print(f"  level {lv.max_concurrency}: {lv.completed} ok, {lv.failed} failed, "
+                          f"{lv.duration_s:.2f} s, {lv.output_throughput or 0.0:.1f} tok/s", file=sys.stderr)
                     _print_failures(lv)
 
             try:
@@ -312,8 +313,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(paths[1].read_text())
         else:
             print(classic_table(levels) if levels else "(no level finished)")
-            if knee.get("summary"):
-                print(f"\n{knee['summary']}")
+            if knee.summary:
+                print(f"\n{knee.summary}")
             print(f"\nsaved: {paths[0]}\n       {paths[1]}\n       {paths[2]}")
     if meta is not None and len(levels) < len(meta.levels):
         return EXIT_FAIL
@@ -438,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["tui", *argv]
     args = parser.parse_args(argv)
     try:
-        from .server.launcher import install_signal_handlers
+        from .server.proctree import install_signal_handlers
 
         install_signal_handlers()
     except ImportError:  # pragma: no cover

@@ -39,11 +39,6 @@ class ServerConfig:
     # Every other [server] key, in file order: ("max_model_len", 4096) -> --max-model-len 4096.
     flags: tuple[tuple[str, Any], ...] = ()
 
-    @property
-    def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
-
 
 @dataclass(frozen=True, slots=True)
 class LoadConfig:
@@ -79,7 +74,9 @@ class Config:
     load: LoadConfig = field(default_factory=LoadConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     path: str = ""  # the TOML file, "" when none
-    sources: tuple[tuple[str, str], ...] = ()  # ("load.max_tokens", "file:x.toml"), ...
+    # ("load.max_tokens", "file:x.toml"), ... for every value not left at its default: origins, never values;
+    # results files carry them as "config_sources" so a number can be traced to the flag or file that set it
+    sources: tuple[tuple[str, str], ...] = ()
 
     def source(self, key: str) -> str:
         return dict(self.sources).get(key, "default")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qbench_tui.live import SimServer
+from qbench_tui.server.sim_child import SimServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

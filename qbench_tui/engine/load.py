@@ -2,7 +2,7 @@
 
 Everything runs on one asyncio loop (no threads). Worker i keeps sending requests while i < target; shrinking
 the target lets a busy worker finish its current request and then exit, so no request is ever cancelled except
-by stop(). Each worker owns one httpx client (one connection); all clients share one SSLContext.
+by stop(). Each worker owns one RawClient (one kept-alive connection); all clients share one SSLContext.
 """
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
 
-import httpx
-
+from qbench_tui.engine.http1 import RawClient, make_ssl_context
 from qbench_tui.engine.records import RequestRecord, RequestSpec
-from qbench_tui.engine.request import make_client, make_ssl_context, stream_request
+from qbench_tui.engine.request import make_client, stream_request
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class LoadEngine:
         self._prompts = prompts
         self._on_record = on_record
         self._ssl = make_ssl_context()
-        self._clients: dict[int, httpx.AsyncClient] = {}
+        self._clients: dict[int, RawClient] = {}
         self._tasks: dict[int, asyncio.Task] = {}
         self._wave_tasks: set[asyncio.Task] = set()
         self._target = 0
@@ -227,7 +226,7 @@ class LoadEngine:
                 self._tasks[i] = asyncio.create_task(self._worker(i), name=f"qbench-worker-{i}")
         self._poke()
 
-    def _client(self, i: int) -> httpx.AsyncClient:
+    def _client(self, i: int) -> RawClient:
         c = self._clients.get(i)
         if c is None:
             c = self._clients[i] = make_client(self.spec, self._ssl)

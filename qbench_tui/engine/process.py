@@ -8,24 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import multiprocessing as mp
 import os
 import queue
 import signal
 import sys
 
-from .snapshot import Command, Save, Snapshot, Stop
+from ..server.proctree import set_pdeathsig
+from .snapshot import Command, EngineStatus, Save, Snapshot, Stop
 
 
 def die_with_parent() -> None:
     """Linux: get SIGTERM when the parent dies, even by SIGKILL, so no engine outlives qbench."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:  # pragma: no cover
-            pass
+    set_pdeathsig(signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -81,8 +76,8 @@ def _child_main(cfg, cmd_conn, snaps, quiet: bool = False) -> None:
 
     def emit(snap: Snapshot) -> None:
         try:
-            if snap.status == "stopped" or snap.saved:
-                snaps.put(snap, timeout=2.0)  # replies the face waits for
+            if snap.status in (EngineStatus.STOPPED, EngineStatus.ERROR) or snap.saved:
+                snaps.put(snap, timeout=2.0)  # replies the face waits for (and a last word it must not miss)
             else:
                 snaps.put_nowait(snap)
         except queue.Full:

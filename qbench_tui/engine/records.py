@@ -7,6 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MAX_REASON = 200  # characters of a failure reason kept in a record (a server's error page can be megabytes)
+
+
+def one_line(s: str, limit: int = MAX_REASON) -> str:
+    """A failure reason as the records hold it: whitespace collapsed, at most `limit` characters."""
+    s = " ".join(s.split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
 
 @dataclass(slots=True)
 class RequestRecord:

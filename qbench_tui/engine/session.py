@@ -9,15 +9,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..report.files import RunMeta, result_basename, write_results
-from ..sweep import find_knee
+from ..server.gpu import GpuSample, sample_gpus
+from ..sweep import Knee, find_knee
 from .load import LoadEngine
-from .metrics import MetricsPoller, ServerSample, ServerSeries, fetch_info
+from .metrics_parse import ServerSample
 from .prompts import describe_source, make_prompt_source
 from .recordlog import RecordLog
 from .records import RequestRecord, RequestSpec
+from .result import LevelResult, ServerLevel, server_level
 from .segments import SegmentStats
+from .server_poll import MetricsPoller, fetch_info
+from .server_series import ServerSeries
 from .snapshot import (
     Command,
+    EngineStatus,
     Pause,
     ResetWindow,
     Resume,
@@ -29,12 +34,13 @@ from .snapshot import (
     SetConcurrency,
     Snapshot,
     Stop,
+    clamp_concurrency,
 )
-from .stats import RollingWindow, latency_view, to_ms
+from .stats import RollingWindow, latency_view
 
 HISTORY = 240  # points kept for sparklines/charts: wider than any chart we draw
 LAG_PERIOD = 0.05
-MIN_SEGMENT_S = 2.0  # shorter segments are transitions, not levels
+MIN_SEGMENT_S = 2.0  # shorter segments are transitions, not levels (SessionConfig.min_segment_s)
 CLIENT_CPU_LIMIT = 90.0  # % of one core: past this the client, not the server, may set the pace
 CLIENT_LAG_LIMIT_MS = 20.0
 
@@ -66,6 +72,8 @@ class SessionConfig:
     start_concurrency: int = 0
     start_paused: bool = False
     extra_meta: dict = field(default_factory=dict)
+    min_segment_s: float = MIN_SEGMENT_S  # a segment shorter than this is a key-repeat transition, not a level
+    config_sources: tuple[tuple[str, str], ...] = ()  # Config.sources (+ the API key's origin) for the results
 
 
 class EngineSession:
@@ -95,19 +103,21 @@ class EngineSession:
         self.completed_total = 0
         self.failed_total = 0
         self.tok_hist: list[float] = []
-        self.req_hist: list[float] = []
         self.saved: tuple[str, ...] = ()
         self.message = ""
-        self.status = "starting"
+        self.status = EngineStatus.STARTING  # RUNNING once the server was asked who it is; PAUSED is derived
+        self.ack = 0  # seq of the last command handled: the face shows its own intent until this reaches it
         self._t0 = time.perf_counter()
         self._lag_ms = 0.0
         self._lag_max = 0.0
         self._cpu_pct = 0.0
         self._stop = asyncio.Event()
         self._level_task: asyncio.Task | None = None
-        self._gpu: tuple[dict, ...] = ()
+        self._gpu: tuple[GpuSample, ...] = ()
         self.rows: tuple[SegmentRow, ...] = ()
-        self.knee = ""
+        self.knee = ""  # the verdict's summary, for Snapshot.knee
+        self.knee_result: Knee | None = None
+        self._client_sampled = 0.0  # perf_counter of the last client sample into the open segment
 
     # ------------------------------------------------------------ records and segments
 
@@ -131,38 +141,30 @@ class EngineSession:
     def _open_segment(self) -> None:
         now = time.perf_counter()
         self._close_segment(now)
-        seg = SegmentStats(self.engine.segment, self.engine.target, now, server_config=self.server_config)
-        seg.mono_start = time.monotonic()  # type: ignore[attr-defined]
+        seg = SegmentStats(self.engine.segment, self.engine.target, now, mono_start=time.monotonic(),
+                           server_config=self.server_config)
         self.segments[seg.segment] = seg
         self.current = seg
 
-    def _server_since(self, mono_start: float) -> dict | None:
-        s = self.series
-        if s.latest() is None:
-            return None
-        return {
-            "generation_tokens": s.delta("generation_tokens", mono_start),
-            "prefix_cache_hit_rate": s.hit_rate(mono_start),
-            "max_kv_cache_usage": s.max("kv_cache_usage", mono_start),
-            "preemptions": s.delta("num_preemptions", mono_start),
-            "max_running": s.max("num_running", mono_start),
-            "max_waiting": s.max("num_waiting", mono_start),
-            "mean_ttft_ms": to_ms(s.mean("ttft", mono_start)),
-            "mean_queue_ms": to_ms(s.mean("queue_time", mono_start)),
-        }
+    def _server_since(self, mono_start: float | None) -> ServerLevel | None:
+        return server_level(self.series, mono_start)
 
     def _close_segment(self, now: float) -> None:
         seg = self.current
         if seg is not None and seg.t_end is None:
             seg.t_end = now
-            seg.server = self._server_since(seg.mono_start)  # type: ignore[attr-defined]
+            seg.server = self._server_since(seg.mono_start)
+            if not len(seg.client):  # shorter than a client sample: the latest second stands for it
+                seg.client.add(self._cpu_pct, self._lag_max)
         self.current = None
 
     # ------------------------------------------------------------ commands
 
     def handle(self, cmd: Command) -> None:
+        # commands arrive in order on one pipe; a command that changes nothing is still acknowledged
+        self.ack = max(self.ack, cmd.seq)
         if isinstance(cmd, SetConcurrency):
-            n = max(0, int(cmd.n))
+            n = clamp_concurrency(cmd.n)
             if n == self.engine.target and self.current is not None:
                 return
             self.engine.set_concurrency(n)
@@ -183,7 +185,6 @@ class EngineSession:
         elif isinstance(cmd, ResetWindow):
             self.window.reset(time.perf_counter())
             self.tok_hist.clear()
-            self.req_hist.clear()
             self.message = "rolling window reset"
         elif isinstance(cmd, RunLevel):
             self._run_level(cmd)
@@ -221,27 +222,34 @@ class EngineSession:
 
     # ------------------------------------------------------------ saving
 
-    def segment_levels(self) -> list[dict]:
+    def segment_levels(self) -> list[LevelResult]:
         now = time.perf_counter()
         out = []
         for seg in self.segments.values():
             # a level passed through on the way to another (key repeat) is not a measurement
             if seg.concurrency <= 0 or (seg.completed + seg.failed) == 0 or (
-                    seg.seconds(now) < MIN_SEGMENT_S and not seg.explicit):
+                    seg.seconds(now) < self.cfg.min_segment_s and not seg.explicit):
                 continue
-            d = seg.summary(now)
-            if seg.t_end is None and hasattr(seg, "mono_start"):
-                d["server"] = self._server_since(seg.mono_start)  # type: ignore[attr-defined]
-            out.append(d)
+            live = self._server_since(seg.mono_start) if seg.t_end is None else None
+            out.append(seg.result(now, live))
         return out
+
+    def _sample_client(self) -> None:
+        """One sample a second of the load engine's CPU and worst loop lag (kept by _per_second/_lag_monitor)
+        into the open segment, so a level can say when the client set the pace."""
+        now = time.perf_counter()
+        if self.current is not None and now - self._client_sampled >= 0.95:
+            self._client_sampled = now
+            self.current.client.add(self._cpu_pct, self._lag_max)
 
     def save(self, out_dir: str | None = None) -> tuple[str, ...]:
         out = Path(out_dir or self.cfg.out_dir)
         self.log.flush()
         levels = self.segment_levels()
         self.meta.vllm_version = self.version
-        self.meta.levels = tuple(lv["max_concurrency"] for lv in levels)
-        same = [lv for lv in levels if lv.get("server_config", "") == self.server_config]
+        self.meta.levels = tuple(lv.max_concurrency or 0 for lv in levels)
+        self.meta.config_sources = dict(self.cfg.config_sources)
+        same = [lv for lv in levels if lv.server_config == self.server_config]
         try:
             txt, js = write_results(out, self.base, self.meta, levels, find_knee(same))
         except OSError as e:
@@ -269,39 +277,36 @@ class EngineSession:
             preemptions_total=last.num_preemptions, preemptions_per_s=s.rate("num_preemptions", w, now),
             gen_tok_s=s.rate("generation_tokens", w, now), prompt_tok_s=s.rate("prompt_tokens", w, now),
             kv_history=tuple(v or 0.0 for v in s.history("kv_cache_usage", HISTORY)),
-            running_history=tuple(v or 0.0 for v in s.history("num_running", HISTORY)),
-            waiting_history=tuple(v or 0.0 for v in s.history("num_waiting", HISTORY)),
             num_gpu_blocks=int(last.num_gpu_blocks) if last.num_gpu_blocks else None,
             block_size=int(last.block_size) if last.block_size else None, gpu=self._gpu,
-            ttft_mean=s.mean("ttft", since), queue_mean=s.mean("queue_time", since),
+            ttft_mean=s.mean("ttft", since),
         )
 
-    def _rows(self) -> tuple[SegmentRow, ...]:
+    def _rows(self, levels: list[LevelResult]) -> tuple[SegmentRow, ...]:
         rows = []
-        for lv in self.segment_levels():
-            srv = lv.get("server") or {}
+        for lv in levels:
+            srv = lv.server or ServerLevel()
+            dur = lv.duration_s
             rows.append(SegmentRow(
-                segment=lv["segment"], concurrency=lv["max_concurrency"], seconds=lv["duration"],
-                completed=lv["completed"], failed=lv["failed"], req_s=lv["request_throughput"],
-                tok_s=lv["output_throughput"], avg_latency=lv["avg_latency_s"],
-                ttft_p50=None if lv["median_ttft_ms"] is None else lv["median_ttft_ms"] / 1000,
-                ttft_p99=None if lv["p99_ttft_ms"] is None else lv["p99_ttft_ms"] / 1000,
-                itl_p50=None if lv["median_itl_ms"] is None else lv["median_itl_ms"] / 1000,
-                prefix_hit_rate=srv.get("prefix_cache_hit_rate"),
-                server_gen_tok_s=(srv["generation_tokens"] / lv["duration"]
-                                  if srv.get("generation_tokens") is not None and lv["duration"] > 0 else None),
-                max_kv_usage=srv.get("max_kv_cache_usage"), preemptions=srv.get("preemptions"),
-                waiting_max=srv.get("max_waiting"), server_config=lv.get("server_config", ""),
+                segment=lv.segment or 0, concurrency=lv.max_concurrency or 0, seconds=dur, completed=lv.completed,
+                failed=lv.failed, req_s=lv.request_throughput or 0.0, tok_s=lv.output_throughput or 0.0,
+                avg_latency=lv.avg_latency_s, ttft_p50=lv.ttft.p50_s, ttft_p99=lv.ttft.p99_s, itl_p50=lv.itl.p50_s,
+                prefix_hit_rate=srv.prefix_cache_hit_rate,
+                server_gen_tok_s=srv.generation_tokens / dur if srv.generation_tokens is not None and dur > 0 else None,
+                max_kv_usage=srv.max_kv_cache_usage, preemptions=srv.preemptions, waiting_max=srv.max_waiting,
+                server_config=lv.server_config,
             ))
         return tuple(rows)
 
     def refresh_rows(self) -> None:
         """The segment table and the knee change slowly: recomputed at 1 Hz and on demand."""
-        self.rows = self._rows()
+        self._sample_client()
+        levels = self.segment_levels()
+        self.rows = self._rows(levels)
         # a knee across two server configs would compare different servers: only the current config's segments
-        levels = [lv for lv in self.segment_levels() if lv.get("server_config", "") == self.server_config]
-        k = find_knee(levels) if len(levels) >= 2 else None
-        self.knee = k["summary"] if k else ""
+        same = [lv for lv in levels if lv.server_config == self.server_config]
+        self.knee_result = find_knee(same) if len(same) >= 2 else None
+        self.knee = self.knee_result.summary if self.knee_result else ""
 
     def snapshot(self) -> Snapshot:
         rows, knee = self.rows, self.knee
@@ -309,21 +314,20 @@ class EngineSession:
         self.window.evict(now)
         w = self.window
         status = self.status
-        if status == "running" and self.engine.paused:
-            status = "paused"
+        if status is EngineStatus.RUNNING and self.engine.paused:
+            status = EngineStatus.PAUSED
         return Snapshot(
             t=now - self._t0, status=status, target_concurrency=self.engine.target,
             in_flight=self.engine.in_flight, segment=self.engine.segment, window_s=self.cfg.window_s,
             out_tok_s=w.out_tok_s(now), req_s=w.req_s(now), completed_total=self.completed_total,
             failed_total=self.failed_total, tok_s_history=tuple(self.tok_hist[-HISTORY:]),
-            req_s_history=tuple(self.req_hist[-HISTORY:]),
             ttft=latency_view(w.ttft_values(), TTFT_EDGES), itl=w.itl_view(ITL_EDGES),
             e2el=latency_view(w.e2el_values(), E2EL_EDGES),
             failures=tuple(sorted(self.failures.items(), key=lambda kv: -kv[1])),
             last_error=self.last_error, client_cpu_pct=self._cpu_pct, loop_lag_ms=self._lag_max,
             client_limited=self._cpu_pct >= CLIENT_CPU_LIMIT or self._lag_max >= CLIENT_LAG_LIMIT_MS,
             server=self._server_view(), segments=rows, records_path=str(self.log.path),
-            simulated=self.cfg.simulated, message=self.message, saved=self.saved, knee=knee,
+            simulated=self.cfg.simulated, message=self.message, saved=self.saved, knee=knee, ack=self.ack,
         )
 
     # ------------------------------------------------------------ background tasks
@@ -343,13 +347,6 @@ class EngineSession:
 
     async def _per_second(self) -> None:
         last_wall, last_cpu = time.perf_counter(), time.process_time()
-        gpu_sampler = None
-        try:
-            from ..server.gpu import sample_gpus
-
-            gpu_sampler = sample_gpus
-        except ImportError:  # pragma: no cover
-            pass
         while True:
             await asyncio.sleep(1.0)
             wall, cpu = time.perf_counter(), time.process_time()
@@ -357,11 +354,9 @@ class EngineSession:
             last_wall, last_cpu = wall, cpu
             self.window.evict(wall)
             self.tok_hist.append(self.window.out_tok_s(wall))
-            self.req_hist.append(self.window.req_s(wall))
-            del self.tok_hist[:-HISTORY], self.req_hist[:-HISTORY]
+            del self.tok_hist[:-HISTORY]
             self.log.flush()
-            if gpu_sampler is not None:
-                self._gpu = gpu_sampler()
+            self._gpu = sample_gpus()  # () without NVML: the face then hides its GPU panel
 
     def _on_sample(self, s: ServerSample) -> None:
         self.series.add(s)
@@ -382,7 +377,7 @@ class EngineSession:
                 self.version, _ = await fetch_info(c)
         except Exception:  # the version is a label, never a reason to stop
             pass
-        self.status = "running"
+        self.status = EngineStatus.RUNNING
         if self.cfg.start_paused:
             self.engine.pause()
         if self.cfg.start_concurrency:
@@ -399,8 +394,13 @@ class EngineSession:
                     await asyncio.wait_for(self._stop.wait(), period)
                 except asyncio.TimeoutError:
                     pass
+        except Exception as e:
+            # the last Snapshot says so: a face would otherwise keep showing the final numbers as if live
+            self.status, self.message = EngineStatus.ERROR, f"engine error: {type(e).__name__}: {e}"
+            raise
         finally:
-            self.status = "stopped"
+            if self.status is not EngineStatus.ERROR:
+                self.status = EngineStatus.STOPPED
             poller.stop()
             self._close_segment(time.perf_counter())
             await self.engine.stop()
@@ -408,5 +408,7 @@ class EngineSession:
                 t.cancel()
             await asyncio.gather(*loop_tasks, return_exceptions=True)
             self.log.close()
-            self.refresh_rows()
-            self.emit(self.snapshot())
+            try:
+                self.refresh_rows()
+            finally:
+                self.emit(self.snapshot())  # the last word (STOPPED, or ERROR and why), even when the rows fail

@@ -1,32 +1,49 @@
 """Messages between the engine process and its face (dashboard or headless printer).
 
 Everything here is small, immutable and picklable: Snapshots go out at >= 4 Hz, Commands come in.
+
+One owner for live control state: the engine. Each command carries a sequence number (`seq`, stamped by the face)
+and each Snapshot names the last one the engine applied (`ack`), so a face can show what it asked for until the
+engine has applied it, then the engine's word, with no clock involved.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
+
+from qbench_tui.server.gpu import GpuSample
+
+MAX_CONCURRENCY = 4096
+
+
+def clamp_concurrency(n: int) -> int:
+    """The one bounds rule for a target concurrency, applied by the face before sending and the engine on receipt."""
+    return max(0, min(MAX_CONCURRENCY, int(n)))
+
 
 # ---------------------------------------------------------------- commands (face -> engine)
+# `seq` is left out of equality: a command means the same whichever number it travelled under.
 
 
 @dataclass(frozen=True, slots=True)
 class SetConcurrency:
     n: int
+    seq: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Pause:
-    pass
+    seq: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Resume:
-    pass
+    seq: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class ResetWindow:
-    pass
+    seq: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +53,7 @@ class RunLevel:
     duration: float | None = None
     requests: int | None = None
     warmup: float = 0.0
+    seq: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +61,12 @@ class Save:
     """Write the classic .txt, the .json and the request records now (engine replies via Snapshot.saved)."""
 
     out_dir: str = "results"
+    seq: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    pass
+    seq: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +75,25 @@ class ServerConfigChanged:
     from now on carry the label, and the knee is looked for among the segments of one config only."""
 
     label: str
+    seq: int = field(default=0, compare=False)
 
 
 Command = SetConcurrency | Pause | Resume | ResetWindow | RunLevel | Save | Stop | ServerConfigChanged
 
 # ---------------------------------------------------------------- snapshot pieces (engine -> face)
+
+
+class EngineStatus(str, Enum):
+    """A str mixin so `status == "running"` keeps working for callers that compare text."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    ERROR = "error"  # the session loop raised: the Snapshot's message says what
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +129,12 @@ class ServerView:
     gen_tok_s: float | None = None  # server generation tokens/s over the window
     prompt_tok_s: float | None = None
     kv_history: tuple[float, ...] = ()  # one value per scrape, newest last (bounded)
-    running_history: tuple[float, ...] = ()
-    waiting_history: tuple[float, ...] = ()
     num_gpu_blocks: int | None = None  # from cache_config_info when present
     block_size: int | None = None
-    # the server's own mean TTFT (its handler's arrival -> first token out) and queue time over the rolling
-    # window, from its histograms' _sum/_count; every client's requests, not only ours
+    # the server's own mean TTFT (its handler's arrival -> first token out) over the rolling window, from its
+    # histogram's _sum/_count; every client's requests, not only ours
     ttft_mean: float | None = None
-    queue_mean: float | None = None
-    gpu: tuple[dict, ...] = ()  # NVML samples per GPU (util %, mem used/total MiB, power W); empty = no panel
+    gpu: tuple[GpuSample, ...] = ()  # NVML, one per GPU of this host; empty = no panel
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +163,7 @@ class SegmentRow:
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     t: float  # seconds since the engine started
-    status: str  # "starting" | "running" | "paused" | "stopped" | "error"
+    status: EngineStatus
     target_concurrency: int
     in_flight: int
     segment: int
@@ -143,7 +173,6 @@ class Snapshot:
     completed_total: int
     failed_total: int
     tok_s_history: tuple[float, ...] = ()  # one value per second, newest last (bounded)
-    req_s_history: tuple[float, ...] = ()
     ttft: LatencyView = field(default_factory=LatencyView)
     itl: LatencyView = field(default_factory=LatencyView)
     e2el: LatencyView = field(default_factory=LatencyView)
@@ -159,3 +188,4 @@ class Snapshot:
     message: str = ""  # one-line notice for the face (e.g. "server died: load paused")
     saved: tuple[str, ...] = ()  # paths written by the latest Save (or on stop)
     knee: str = ""  # saturation verdict over the segments visited so far ("" until two levels exist)
+    ack: int = 0  # seq of the last command the engine applied (0: none yet)

@@ -1,17 +1,20 @@
-"""Pure statistics over RequestRecords: percentiles, the `vllm bench serve` summary, histograms, rolling window.
+"""Pure statistics over RequestRecords: percentiles, THE level summarizer (LevelTally -> LevelResult), display
+views and the rolling window.
 
 No numpy: the engine process stays light, and these lists are small enough for sorted() + bisect.
 """
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
-from itertools import accumulate
 from time import perf_counter
+from typing import NamedTuple
 
+from qbench_tui.engine.histogram import LogHistogram
 from qbench_tui.engine.records import RequestRecord
+from qbench_tui.engine.result import ClientLevel, Latency, LevelResult
 from qbench_tui.engine.snapshot import LatencyView
 
 
@@ -36,75 +39,171 @@ def _pct_sorted(xs: Sequence[float], q: float) -> float:
     return float(xs[lo] + (xs[hi] - xs[lo]) * frac)
 
 
-def _mean(xs: Sequence[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
-
-
 def to_ms(v: float | None) -> float | None:
     return None if v is None else v * 1000.0
 
 
-_ms = to_ms
+class Samples:
+    """One latency's values over a level (seconds): exact in a list up to `limit` values (None: no limit), then
+    folded into a LogHistogram so a long level stays flat in memory (a float in a list costs 32 B, which at C=256
+    on the simulator grew the engine by ~51 MiB/hour: bench/soak.py). limit=0: the histogram from the start."""
+
+    __slots__ = ("values", "hist", "limit")
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.values: list[float] = []
+        self.hist: LogHistogram | None = None
+        self.limit = limit
+
+    def add(self, v: float) -> None:
+        self.values.append(v)
+        if self.limit is not None and len(self.values) >= self.limit:
+            self.fold()
+
+    def extend(self, vs: Sequence[float]) -> None:
+        if self.limit == 0:
+            if self.hist is None:
+                self.hist = LogHistogram()
+            self.hist.add_many(vs)
+            return
+        self.values.extend(vs)
+        if self.limit is not None and len(self.values) >= self.limit:
+            self.fold()
+
+    def fold(self) -> None:
+        if self.hist is None:
+            self.hist = LogHistogram()
+        self.hist.add_many(self.values)
+        self.values.clear()
+
+    def __len__(self) -> int:
+        return len(self.values) + (self.hist.count if self.hist is not None else 0)
+
+    def latency(self) -> Latency:
+        if self.hist is not None:
+            self.fold()
+            p50, p90, p99 = self.hist.percentiles(50, 90, 99)
+            return Latency(self.hist.mean, p50, p90, p99)
+        xs = self.values
+        if not xs:
+            return Latency()
+        # sorted in place (order is not needed elsewhere): timsort on an almost-sorted list is ~linear, where
+        # nine sorted copies per second cost 88 ms of engine-loop time at 90k requests (bench/soak.py)
+        xs.sort()
+        return Latency(sum(xs) / len(xs), _pct_sorted(xs, 50), _pct_sorted(xs, 90), _pct_sorted(xs, 99))
 
 
-def _dist_ms(prefix: str, values: Sequence[float]) -> dict:
-    xs = sorted(values)
-    if not xs:
-        return {f"mean_{prefix}_ms": None, f"median_{prefix}_ms": None, f"p90_{prefix}_ms": None,
-                f"p99_{prefix}_ms": None}
-    return {
-        f"mean_{prefix}_ms": _ms(_mean(xs)),
-        f"median_{prefix}_ms": _ms(_pct_sorted(xs, 50)),
-        f"p90_{prefix}_ms": _ms(_pct_sorted(xs, 90)),
-        f"p99_{prefix}_ms": _ms(_pct_sorted(xs, 99)),
-    }
+class LevelTally:
+    """What a level's summary needs, accumulated record by record: a live segment adds records as they finish,
+    a headless level adds its list at the end. Warm-up records are dropped entirely; failed ones count in
+    `failed` and `failures` only."""
+
+    __slots__ = ("completed", "failed", "in_tokens", "out_tokens", "estimated", "failures", "ttft", "tpot", "e2el",
+                 "itl", "first_start", "last_end")
+
+    def __init__(self, exact_limit: int | None = None, itl_exact: bool = True) -> None:
+        self.completed = self.failed = self.in_tokens = self.out_tokens = self.estimated = 0
+        self.failures: Counter[str] = Counter()
+        self.ttft, self.tpot, self.e2el = Samples(exact_limit), Samples(exact_limit), Samples(exact_limit)
+        # ITL has one value per token (tens of millions over a soak): a live segment bins it from the start
+        self.itl = Samples(None if itl_exact else 0)
+        self.first_start: float | None = None
+        self.last_end: float | None = None
+
+    def add(self, r: RequestRecord) -> None:
+        if r.warmup:
+            return
+        self.first_start = r.start if self.first_start is None else min(self.first_start, r.start)
+        self.last_end = r.end if self.last_end is None else max(self.last_end, r.end)
+        if not r.ok:
+            self.failed += 1
+            self.failures[r.error or "unknown"] += 1
+            return
+        self.completed += 1
+        self.in_tokens += r.in_tokens
+        self.out_tokens += r.out_tokens
+        self.estimated += r.tokens_estimated
+        if r.ttft is not None:
+            self.ttft.add(r.ttft)
+        if (tp := r.tpot) is not None:
+            self.tpot.add(tp)
+        self.e2el.add(r.e2el)
+        if r.itl:
+            self.itl.extend(r.itl)
+
+    def add_all(self, records: Iterable[RequestRecord]) -> LevelTally:
+        for r in records:
+            self.add(r)
+        return self
+
+    @property
+    def span_s(self) -> float:
+        """First measured start to last end (the classic 'total time'); 0 without records."""
+        if self.first_start is None or self.last_end is None:
+            return 0.0
+        return self.last_end - self.first_start
+
+
+class Finished(NamedTuple):
+    """What finished inside a level's rate window, when that is not simply the level's own ok requests."""
+
+    requests: int
+    in_tokens: int
+    out_tokens: int
+
+
+def level_result(tally: LevelTally, duration_s: float, max_concurrency: int | None,
+                 finished: Finished | None = None, **context) -> LevelResult:
+    """THE summarizer, for headless levels and live segments alike: the `vllm bench serve --save-result` numbers
+    of one level plus ours. Throughputs are over `duration_s` (the caller's measured level time) and count
+    `finished` when given, else the level's ok requests. `context` fills LevelResult's other fields (mode,
+    segment, server, client, ...)."""
+    done = finished or Finished(tally.completed, tally.in_tokens, tally.out_tokens)
+    positive = bool(duration_s) and duration_s > 0
+    rate = (lambda x: x / duration_s) if positive else (lambda x: None)
+    return LevelResult(
+        completed=tally.completed, failed=tally.failed, duration_s=duration_s,
+        total_input_tokens=tally.in_tokens, total_output_tokens=tally.out_tokens,
+        request_throughput=rate(done.requests), output_throughput=rate(done.out_tokens),
+        total_token_throughput=rate(done.in_tokens + done.out_tokens), max_concurrency=max_concurrency,
+        ttft=tally.ttft.latency(), tpot=tally.tpot.latency(), itl=tally.itl.latency(), e2el=tally.e2el.latency(),
+        failures=dict(tally.failures.most_common()), tokens_estimated=tally.estimated, **context,
+    )
 
 
 def summarize(records: Iterable[RequestRecord], duration: float, max_concurrency: int | None) -> dict:
-    """The `vllm bench serve --save-result` numbers for one level, plus our extras.
-
-    Warm-up records are dropped entirely; failed records count in `failed` and `failures` only. Throughputs
-    are over `duration` (the caller's measured level time). Latencies in ms; None where there is no data.
-    """
-    ok: list[RequestRecord] = []
-    failures: Counter[str] = Counter()
-    for r in records:
-        if r.warmup:
-            continue
-        if r.ok:
-            ok.append(r)
-        else:
-            failures[r.error or "unknown"] += 1
-    ttfts = [r.ttft for r in ok if r.ttft is not None]
-    tpots = [t for t in (r.tpot for r in ok) if t is not None]
-    itls = [x for r in ok for x in r.itl]
-    e2els = [r.e2el for r in ok]
-    total_in = sum(r.in_tokens for r in ok)
-    total_out = sum(r.out_tokens for r in ok)
-    rate = (lambda x: x / duration) if duration and duration > 0 else (lambda x: None)
-    out = {
-        "completed": len(ok),
-        "failed": sum(failures.values()),
-        "duration": duration,
-        "total_input_tokens": total_in,
-        "total_output_tokens": total_out,
-        "request_throughput": rate(len(ok)),
-        "output_throughput": rate(total_out),
-        "total_token_throughput": rate(total_in + total_out),
-        "max_concurrency": max_concurrency,
-    }
-    out.update(_dist_ms("ttft", ttfts))
-    out.update(_dist_ms("tpot", tpots))
-    out.update(_dist_ms("itl", itls))
-    out.update(_dist_ms("e2el", e2els))
-    out["total_time_s"] = duration
-    out["avg_latency_s"] = _mean(e2els)
-    out["failures"] = dict(failures.most_common())
-    out["tokens_estimated"] = sum(1 for r in ok if r.tokens_estimated)
-    return out
+    """The run-format dict of a list of records (level_result(...).to_json()), for callers that want JSON."""
+    return level_result(LevelTally().add_all(records), duration, max_concurrency).to_json()
 
 
-# ---------------------------------------------------------------- histograms
+class ClientTally:
+    """Per-second samples of the load engine's own CPU and worst event-loop lag while a level runs."""
+
+    __slots__ = ("cpu", "lag")
+
+    def __init__(self) -> None:
+        self.cpu: list[float] = []
+        self.lag: list[float] = []
+
+    def add(self, cpu_pct: float | None, lag_ms: float) -> None:
+        if cpu_pct is not None:
+            self.cpu.append(cpu_pct)
+        self.lag.append(lag_ms)
+
+    def __len__(self) -> int:
+        return len(self.lag)
+
+    def result(self, cpu_pct: float | None = None) -> ClientLevel | None:
+        """cpu_pct: the producer's exact figure over the level, when it has one (else the samples' mean)."""
+        if not self.lag:
+            return None if cpu_pct is None else ClientLevel(cpu_pct=cpu_pct)
+        if cpu_pct is None and self.cpu:
+            cpu_pct = sum(self.cpu) / len(self.cpu)
+        return ClientLevel(cpu_pct=cpu_pct, loop_lag_ms=sum(self.lag) / len(self.lag),
+                           max_loop_lag_ms=max(self.lag))
+
+
+# ---------------------------------------------------------------- display views
 
 
 def log_edges(lo: float = 0.001, hi: float = 120.0, n: int = 40) -> tuple[float, ...]:
@@ -120,44 +219,14 @@ def log_edges(lo: float = 0.001, hi: float = 120.0, n: int = 40) -> tuple[float,
 DEFAULT_EDGES = log_edges()
 
 
-def _bin(edges: Sequence[float], v: float) -> int:
-    # values under the first edge / over the last one land in the end bins so nothing disappears from the chart
-    i = bisect_right(edges, v) - 1
-    return 0 if i < 0 else min(i, len(edges) - 2)
-
-
-class LatencyHistogram:
-    """Counts on fixed log-spaced bins (seconds); cumulative, for a whole level or run."""
-
-    __slots__ = ("edges", "counts", "count", "total", "max")
-
-    def __init__(self, lo: float = 0.001, hi: float = 120.0, n: int = 40) -> None:
-        self.edges = log_edges(lo, hi, n)
-        self.counts = [0] * n
-        self.count = 0
-        self.total = 0.0
-        self.max: float | None = None
-
-    def add(self, v: float) -> None:
-        self.counts[_bin(self.edges, v)] += 1
-        self.count += 1
-        self.total += v
-        if self.max is None or v > self.max:
-            self.max = v
-
-    def extend(self, values: Iterable[float]) -> None:
-        for v in values:
-            self.add(v)
-
-
 def latency_view(values: Sequence[float], edges: Sequence[float] = DEFAULT_EDGES) -> LatencyView:
     """Binned counts and summary numbers of `values` (seconds) for the face."""
     if not values:
         return LatencyView(edges=tuple(edges), counts=(0,) * (len(edges) - 1))
     xs = sorted(values)
     # Bin the sorted values with one bisect per edge instead of one per value (50k ITLs: ~14 ms -> ~4 ms,
-    # and this runs at the snapshot rate on the engine loop). Same bins as _bin(): under the first inner edge
-    # -> bin 0, at or over the last inner edge -> the last bin.
+    # and this runs at the snapshot rate on the engine loop). Same bins as LogHistogram.view(): under the first
+    # inner edge -> bin 0, at or over the last inner edge -> the last bin.
     nb = len(edges) - 1
     cuts = [0] + [bisect_left(xs, e) for e in edges[1:nb]] + [len(xs)]
     counts = [cuts[k + 1] - cuts[k] for k in range(nb)]
@@ -171,90 +240,6 @@ def latency_view(values: Sequence[float], edges: Sequence[float] = DEFAULT_EDGES
         p99=_pct_sorted(xs, 99),
         max=xs[-1],
     )
-
-
-class FineHistogram:
-    """Counts on fine log bins (0.5% wide) that values can leave as well as enter: the rolling window's ITLs.
-
-    Why not sorted(values) per snapshot, as the exact views do: at C=256 the 10 s window holds ~240k ITLs; the
-    newest 50k, sorted and binned, cost ~7 ms on the engine loop four times a second, and those stalls were the
-    ITL/first-read p99 tails of the live session (bench/fidelity.py: engine ITL p99 5.2 ms at C=256, headless
-    0.5 ms). Here each value costs a log() when it enters and when it leaves (spread over the records as they
-    finish and expire), and a view is one cumulative sum over ~3.2k bins (~0.1 ms). Percentiles and max are bin
-    midpoints: within 0.25% of the exact value. Saved results (segments, sweeps) stay exact; this is the face's
-    live view only.
-    """
-
-    __slots__ = ("counts", "count", "total", "_k", "_lo", "_n")
-
-    RATIO = 1.005
-
-    def __init__(self, lo: float = 1e-5, hi: float = 100.0) -> None:
-        self._lo = lo
-        self._k = 1.0 / math.log(self.RATIO)
-        self._n = int(math.ceil(math.log(hi / lo) * self._k)) + 1
-        self.counts = [0] * (self._n + 1)  # [0]: under lo (incl. zero gaps), [n]: over hi
-        self.count = 0
-        self.total = 0.0
-
-    def _idx(self, v: float) -> int:
-        if v < self._lo:
-            return 0
-        i = int(math.log(v / self._lo) * self._k) + 1
-        return i if i < self._n else self._n
-
-    def add_many(self, values: Iterable[float]) -> None:
-        c, lo, k, n, log = self.counts, self._lo, self._k, self._n, math.log
-        for v in values:
-            if v < lo:
-                c[0] += 1
-            else:
-                i = int(log(v / lo) * k) + 1
-                c[i if i < n else n] += 1
-            self.count += 1
-            self.total += v
-
-    def remove_many(self, values: Iterable[float]) -> None:
-        c, lo, k, n, log = self.counts, self._lo, self._k, self._n, math.log
-        for v in values:
-            if v < lo:
-                c[0] -= 1
-            else:
-                i = int(log(v / lo) * k) + 1
-                c[i if i < n else n] -= 1
-            self.count -= 1
-            self.total -= v
-        if self.count == 0:
-            self.total = 0.0  # no float residue once empty
-
-    def clear(self) -> None:
-        self.counts = [0] * (self._n + 1)
-        self.count = 0
-        self.total = 0.0
-
-    def _value(self, i: int) -> float:
-        """The geometric middle of fine bin i (0 for the under-range bin)."""
-        if i <= 0:
-            return 0.0
-        return self._lo * self.RATIO ** (i - 0.5)
-
-    def view(self, edges: Sequence[float]) -> LatencyView:
-        nb = len(edges) - 1
-        if self.count <= 0:
-            return LatencyView(edges=tuple(edges), counts=(0,) * nb)
-        cum = list(accumulate(self.counts))
-        n = self.count
-
-        def pct(q: float) -> float:
-            # the nearest-rank value: the first bin whose cumulative count reaches q% of n
-            return self._value(bisect_left(cum, max(1, math.ceil(n * q / 100))))
-
-        # display bins from the fine ones: values under the first inner edge -> bin 0, at or over the last -> last
-        cuts = [0] + [min(self._idx(e), self._n) for e in edges[1:nb]] + [len(self.counts)]
-        counts = tuple((cum[b - 1] if b else 0) - (cum[a - 1] if a else 0) for a, b in zip(cuts, cuts[1:]))
-        top = bisect_left(cum, n)  # the highest non-empty bin
-        return LatencyView(edges=tuple(edges), counts=counts, count=n, mean=self.total / n,
-                           p50=pct(50), p90=pct(90), p99=pct(99), max=self._value(top))
 
 
 # ---------------------------------------------------------------- rolling window
@@ -276,7 +261,7 @@ class RollingWindow:
         # (list(deque)) instead of walking ~10k records and their properties
         self._ttft: deque[float] = deque()
         self._e2el: deque[float] = deque()
-        self._itl = FineHistogram()  # every ITL of the window, not a newest-N sample
+        self._itl = LogHistogram()  # every ITL of the window, not a newest-N sample
         self._t0 = perf_counter() if now is None else now
         self._out_tokens = 0
         self._completed = 0
@@ -355,7 +340,7 @@ class RollingWindow:
         return list(self._e2el)
 
     def itl_view(self, edges: Sequence[float] = DEFAULT_EDGES) -> LatencyView:
-        """Every ITL of the window's ok records, binned (percentiles within 0.25%: see FineHistogram)."""
+        """Every ITL of the window's ok records, binned (percentiles within a 0.5% bin: see LogHistogram)."""
         return self._itl.view(edges)
 
     def failures(self) -> dict[str, int]:

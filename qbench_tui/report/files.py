@@ -11,7 +11,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..engine.result import LevelResult
+    from ..sweep import Knee
 
 SCHEMA_VERSION = 1
 TABLE_HEADER = ("Concurrency", "Total Time (s)", "Avg Latency (s)", "Requests/sec", "Tokens/sec")
@@ -61,17 +65,25 @@ class RunMeta:
     server_config: str = ""  # label of the launched server's flags, when qbench launched it
     started: float = field(default_factory=time.time)
     notes: list[str] = field(default_factory=list)  # e.g. "interrupted: server died after level 60"
+    # where each setting that is not a default came from ("load.max_tokens": "cli", "api_key": "env:NAME", ...):
+    # origins only, never a value, so the API key's stays out of every file
+    config_sources: dict[str, str] = field(default_factory=dict)
 
 
 def _f(v: Any, nd: int = 2) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
-def classic_table(levels: list[dict]) -> str:
+def _fms(v: float | None) -> str:
+    """Seconds shown as milliseconds."""
+    return "-" if v is None else f"{v * 1000:.2f}"
+
+
+def classic_table(levels: list[LevelResult]) -> str:
     widths = [len(h) for h in TABLE_HEADER]
     rows = [
-        (str(lv["max_concurrency"]), _f(lv["total_time_s"]), _f(lv["avg_latency_s"]),
-         _f(lv["request_throughput"]), _f(lv["output_throughput"]))
+        (str(lv.max_concurrency), _f(lv.duration_s), _f(lv.avg_latency_s),
+         _f(lv.request_throughput), _f(lv.output_throughput))
         for lv in levels
     ]
     for r in rows:
@@ -82,7 +94,7 @@ def classic_table(levels: list[dict]) -> str:
     return "\n".join(out)
 
 
-def render_txt(meta: RunMeta, levels: list[dict], knee: dict | None = None) -> str:
+def render_txt(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = None) -> str:
     sim = "  (SIMULATED server: numbers come from qbench's simulator, not a real model)" if meta.simulated else ""
     lines = [
         "qbench-tui benchmark results" + (" — SIMULATED" if meta.simulated else ""),
@@ -111,43 +123,37 @@ def render_txt(meta: RunMeta, levels: list[dict], knee: dict | None = None) -> s
         lines.append("  Unique prefix:  yes (a random prefix per request defeats prefix caching)")
     lines += ["", "Results", classic_table(levels), ""]
     for lv in levels:
-        srv = lv.get("server") or {}
-        lines.append(f"Concurrency {lv['max_concurrency']}: {lv['completed']} ok, {lv['failed']} failed"
-                     + (f"  [server: {lv['server_config']}]" if lv.get("server_config") and
-                        len({x.get("server_config") for x in levels}) > 1 else ""))
-        lines.append(
-            f"  TTFT ms  mean {_f(lv['mean_ttft_ms'])}  p50 {_f(lv['median_ttft_ms'])}  p90 {_f(lv['p90_ttft_ms'])}"
-            f"  p99 {_f(lv['p99_ttft_ms'])}")
-        lines.append(
-            f"  ITL ms   mean {_f(lv['mean_itl_ms'])}  p50 {_f(lv['median_itl_ms'])}  p90 {_f(lv['p90_itl_ms'])}"
-            f"  p99 {_f(lv['p99_itl_ms'])}")
-        lines.append(
-            f"  TPOT ms  mean {_f(lv['mean_tpot_ms'])}  p50 {_f(lv['median_tpot_ms'])}  p99 {_f(lv['p99_tpot_ms'])}")
+        srv = lv.server
+        lines.append(f"Concurrency {lv.max_concurrency}: {lv.completed} ok, {lv.failed} failed"
+                     + (f"  [server: {lv.server_config}]" if lv.server_config and
+                        len({x.server_config for x in levels}) > 1 else ""))
+        for title, d in (("TTFT ms ", lv.ttft), ("ITL ms  ", lv.itl)):
+            lines.append(f"  {title} mean {_fms(d.mean_s)}  p50 {_fms(d.p50_s)}  p90 {_fms(d.p90_s)}"
+                         f"  p99 {_fms(d.p99_s)}")
+        lines.append(f"  TPOT ms  mean {_fms(lv.tpot.mean_s)}  p50 {_fms(lv.tpot.p50_s)}  p99 {_fms(lv.tpot.p99_s)}")
         if srv:
-            hit = srv.get("prefix_cache_hit_rate")
-            kv = srv.get("max_kv_cache_usage")
+            hit, kv = srv.prefix_cache_hit_rate, srv.max_kv_cache_usage
             lines.append(
                 "  Server   prefix-cache hit rate " + ("-" if hit is None else f"{hit:.1%}")
                 + "  max KV usage " + ("-" if kv is None else f"{kv:.1%}")
-                + f"  preemptions {_f(srv.get('preemptions'), 0)}"
-                + f"  generation tokens {_f(srv.get('generation_tokens'), 0)}")
-            if srv.get("mean_ttft_ms") is not None:
-                lines.append(f"  Server   own TTFT mean {_f(srv['mean_ttft_ms'])} ms "
-                             f"(client {_f(lv['mean_ttft_ms'])} ms;"
+                + f"  preemptions {_f(srv.preemptions, 0)}"
+                + f"  generation tokens {_f(srv.generation_tokens, 0)}")
+            if srv.mean_ttft_s is not None:
+                lines.append(f"  Server   own TTFT mean {_fms(srv.mean_ttft_s)} ms "
+                             f"(client {_fms(lv.ttft.mean_s)} ms;"
                              f" the rest is network, the API server and streaming)"
-                             + (f"  queue mean {_f(srv['mean_queue_ms'])} ms"
-                                if srv.get("mean_queue_ms") is not None else ""))
-        if lv.get("failures"):
-            for reason, n in lv["failures"].items():
-                lines.append(f"  failed {n}x: {reason}")
+                             + (f"  queue mean {_fms(srv.mean_queue_s)} ms"
+                                if srv.mean_queue_s is not None else ""))
+        for reason, n in lv.failures.items():
+            lines.append(f"  failed {n}x: {reason}")
     if knee:
-        lines += ["", "Saturation", f"  {knee.get('summary', '')}"]
+        lines += ["", "Saturation", f"  {knee.summary}"]
     if meta.notes:
         lines += ["", "Notes"] + [f"  {n}" for n in meta.notes]
     return "\n".join(lines) + "\n"
 
 
-def render_json(meta: RunMeta, levels: list[dict], knee: dict | None = None) -> str:
+def render_json(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = None) -> str:
     d = {
         "schema_version": SCHEMA_VERSION,
         "tool": "qbench-tui",
@@ -168,15 +174,16 @@ def render_json(meta: RunMeta, levels: list[dict], knee: dict | None = None) -> 
             "unique_prefix": meta.unique_prefix,
             "temperature": meta.temperature,
         },
-        "levels": levels,
-        "saturation": knee,
+        "levels": [lv.to_json() for lv in levels],
+        "saturation": None if knee is None else knee.to_json(),
         "notes": meta.notes,
+        "config_sources": dict(meta.config_sources),
     }
     return json.dumps(d, indent=2) + "\n"
 
 
-def write_results(out_dir: str | Path, base: str, meta: RunMeta, levels: list[dict],
-                  knee: dict | None = None) -> tuple[Path, Path]:
+def write_results(out_dir: str | Path, base: str, meta: RunMeta, levels: list[LevelResult],
+                  knee: Knee | None = None) -> tuple[Path, Path]:
     out = Path(out_dir)
     txt, js = out / f"{base}.txt", out / f"{base}.json"
     atomic_write(txt, render_txt(meta, levels, knee))

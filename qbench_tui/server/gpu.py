@@ -1,4 +1,5 @@
-"""GPU samples through NVML (the optional `nvidia-ml-py` package, imported as `pynvml`).
+"""GPU samples through NVML (the optional `nvidia-ml-py` package, imported as `pynvml`: `pip install
+'qbench-tui[gpu]'`).
 
 Optional on purpose: qbench runs on machines with no GPU and no NVML. Every failure returns () so a caller can
 sample on a timer without guarding it.
@@ -6,7 +7,20 @@ sample on a timer without guarding it.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One GPU at one moment; None where NVML could not say (a field a GPU or driver does not support)."""
+
+    index: int
+    name: str = ""
+    util_pct: float | None = None  # busy share of the last sample period, 0..100
+    mem_used_mib: float | None = None
+    mem_total_mib: float | None = None
+    power_w: float | None = None
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"init": None}  # None: not tried; False: unavailable; module: initialised
@@ -29,33 +43,33 @@ def _text(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-def sample_gpus() -> tuple[dict, ...]:
-    """One dict per GPU: index, name, util_pct, mem_used_mib, mem_total_mib, power_w (None when unknown).
-    () when NVML or a GPU is not there. Never raises."""
+def _sample(nv: Any, i: int) -> GpuSample:
+    h = nv.nvmlDeviceGetHandleByIndex(i)
+    util = used = total = power = None
+    # each query on its own: a GPU without power readings (many consumer cards) still reports the rest
+    try:
+        util = float(nv.nvmlDeviceGetUtilizationRates(h).gpu)
+    except Exception:
+        pass
+    try:
+        mem = nv.nvmlDeviceGetMemoryInfo(h)
+        used, total = mem.used / 2**20, mem.total / 2**20
+    except Exception:
+        pass
+    try:
+        power = nv.nvmlDeviceGetPowerUsage(h) / 1000.0  # milliwatts
+    except Exception:
+        pass
+    return GpuSample(index=i, name=_text(nv.nvmlDeviceGetName(h)), util_pct=util, mem_used_mib=used,
+                     mem_total_mib=total, power_w=power)
+
+
+def sample_gpus() -> tuple[GpuSample, ...]:
+    """One GpuSample per GPU; () when NVML or a GPU is not there. Never raises."""
     try:
         nv = _nvml()
         if nv is None:
             return ()
-        out = []
-        for i in range(nv.nvmlDeviceGetCount()):
-            h = nv.nvmlDeviceGetHandleByIndex(i)
-            row: dict[str, Any] = {"index": i, "name": _text(nv.nvmlDeviceGetName(h)), "util_pct": None,
-                                   "mem_used_mib": None, "mem_total_mib": None, "power_w": None}
-            try:
-                row["util_pct"] = float(nv.nvmlDeviceGetUtilizationRates(h).gpu)
-            except Exception:
-                pass
-            try:
-                mem = nv.nvmlDeviceGetMemoryInfo(h)
-                row["mem_used_mib"] = mem.used / 2**20
-                row["mem_total_mib"] = mem.total / 2**20
-            except Exception:
-                pass
-            try:
-                row["power_w"] = nv.nvmlDeviceGetPowerUsage(h) / 1000.0  # milliwatts
-            except Exception:
-                pass
-            out.append(row)
-        return tuple(out)
+        return tuple(_sample(nv, i) for i in range(nv.nvmlDeviceGetCount()))
     except Exception:
         return ()

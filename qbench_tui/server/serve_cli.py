@@ -29,7 +29,8 @@ def _phase_line(ph: Phase) -> str:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from qbench_tui.server.launcher import LaunchedServer, LaunchError, install_signal_handlers
+    from qbench_tui.server.launcher import LaunchedServer, LaunchError
+    from qbench_tui.server.proctree import install_signal_handlers
 
     out = out or sys.stdout
     err = err or sys.stderr

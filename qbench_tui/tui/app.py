@@ -3,11 +3,13 @@
 The app never does HTTP and never measures anything: it drains Snapshots from an EngineLink at 4 Hz, paints them,
 and turns keys into Commands. Charts repaint at most once a second and only when their data changed, because a
 plotext build costs tens of milliseconds (see ARCHITECTURE.md, "Drawing budget").
+
+Target and paused belong to the engine; the app shows its own intent only until the engine acknowledges it
+(tui/control.py). What the dashboard shows of that state is bound into it (data_bind): screens never read the App.
 """
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -16,10 +18,12 @@ from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
+from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from qbench_tui.engine.snapshot import (
+    MAX_CONCURRENCY,
     Command,
     Pause,
     ResetWindow,
@@ -28,11 +32,13 @@ from qbench_tui.engine.snapshot import (
     ServerConfigChanged,
     SetConcurrency,
     Snapshot,
-    Stop,
+    clamp_concurrency,
 )
-from qbench_tui.server.handle import ServerHandle
-from qbench_tui.tui.link import EngineLink
-from qbench_tui.tui.screens.concurrency_input import MAX_CONCURRENCY, ConcurrencyInput
+from qbench_tui.server.handle import ServerHandle, ServerState
+from qbench_tui.tui.control import LiveControl
+from qbench_tui.tui.link import EngineLink, close_quietly, drain, open_engine, save_and_close
+from qbench_tui.tui.restart import RestartFlow
+from qbench_tui.tui.screens.concurrency_input import ConcurrencyInput
 from qbench_tui.tui.screens.dashboard import DashboardScreen
 from qbench_tui.tui.screens.help import HelpScreen
 from qbench_tui.tui.screens.restart_server import RestartServer
@@ -49,9 +55,14 @@ class QBenchApp(App):
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
     POLL_PERIOD = 0.25  # numbers at 4 Hz
-    LOG_EVERY = 4  # log tail once a second
-    SYNC_AFTER = 1.0  # seconds after our last command before the engine's target/paused overrule ours
+    LOG_EVERY = 4  # log tail every 4th poll: once a second
     SAVE_WAIT = 3.0  # on quit, how long to wait for the engine to report the saved paths
+
+    # what the dashboard shows of the live control state (bound into it; see DashboardScreen)
+    target: var[int] = var(0)
+    paused: var[bool] = var(False)
+    simulated: var[bool] = var(False)
+    engine_up: var[bool] = var(False)
 
     def __init__(
         self,
@@ -63,88 +74,78 @@ class QBenchApp(App):
         out_dir: str = "results",
         start_concurrency: int = 8,
         start_paused: bool = False,
+        poll_period: float = POLL_PERIOD,
     ) -> None:
         super().__init__()
         self._engine_factory = engine_factory
         self.server = server
         self.base_title = title
-        self.simulated = simulated
         self.out_dir = out_dir
-        self.start_concurrency = max(0, min(MAX_CONCURRENCY, start_concurrency))
         self.start_paused = start_paused
+        self.poll_period = poll_period  # tests poll faster: ticks, not seconds, are what they wait for
 
         self.engine: EngineLink | None = None
         self.snapshot: Snapshot | None = None
-        self.target = self.start_concurrency
-        self.paused = start_paused
+        self.control = LiveControl(start_concurrency, start_paused)
+        self.restart_flow = RestartFlow()
+        self.set_reactive(QBenchApp.simulated, simulated)  # the title is set on mount, not here
+        self._show_control()
         self.engine_error = ""
         self.saved_paths: tuple[str, ...] = ()  # latest Snapshot.saved seen (also after quit, for the CLI)
         self.clock: Callable[[], float] = time.monotonic
         self.closed = False
         self.dashboard: DashboardScreen | None = None
         self.startup: StartupScreen | None = None
-        self._last_cmd = -math.inf
         self._ticks = 0
         self._last_message = ""
         self._poll_failed = False
         self._server_state = server.state if server is not None else ""
-        # a restart with other flags in progress: "stopped" is expected, the startup screen is back
-        self._restarting = False
-        self._restart_launched = False
-        self._resume_after_restart = False
 
     # ------------------------------------------------------------------ lifecycle
-    @property
-    def is_simulated(self) -> bool:
-        return self.simulated or bool(self.snapshot is not None and self.snapshot.simulated)
-
     async def on_mount(self) -> None:
-        self.dashboard = DashboardScreen(show_log=self.server is not None)
+        self.dashboard = DashboardScreen(show_log=self.server is not None).data_bind(
+            QBenchApp.target, QBenchApp.paused, QBenchApp.simulated, QBenchApp.engine_up)
         # wait for the dashboard's widgets: a snapshot applied before its on_mount would be painted over
         await self.push_screen(self.dashboard)
         self._update_title()
-        if self.server is not None and self.server.state != "ready":
-            self.startup = StartupScreen(self.server, self.clock)
+        if self.server is not None and self.server.state != ServerState.READY:
+            self.startup = StartupScreen(self.server, self.clock, self.poll_period)
             await self.push_screen(self.startup)
         else:
             self._start_engine()
-        self.set_interval(self.POLL_PERIOD, self._tick)
+        self.set_interval(self.poll_period, self._tick)
 
     def _update_title(self) -> None:
         self.title = self.base_title
-        self.sub_title = "SIMULATED server" if self.is_simulated else (
+        self.sub_title = "SIMULATED server" if self.simulated else (
             self.snapshot.server.model if self.snapshot is not None else ""
         )
+
+    def watch_simulated(self) -> None:
+        self._update_title()
+
+    def _show_control(self) -> None:
+        self.target, self.paused = self.control.target, self.control.paused
 
     def _start_engine(self) -> None:
         # the factory may spawn a process: keep it off the event loop
         self.run_worker(self._create_engine(), name=ENGINE_WORKER, exit_on_error=False, exclusive=True)
 
-    def _make_engine(self) -> EngineLink | None:
-        """Runs in a thread. If the app closed meanwhile (this worker may even have been cancelled), the thread
-        itself closes the new engine, so quitting during startup cannot orphan an engine process."""
-        engine = self._engine_factory()
-        if self.closed:
-            engine.close()
-            return None
-        return engine
-
     async def _create_engine(self) -> None:
-        engine = await asyncio.to_thread(self._make_engine)
+        engine = await asyncio.to_thread(open_engine, self._engine_factory, lambda: self.closed)
         if engine is None:
             return
         if self.closed:  # closed between the thread's check and now
             await asyncio.to_thread(engine.close)
             return
         self.engine = engine
-        label = getattr(self.server, "config_label", "") if self.server is not None else ""
+        self.engine_up = True
+        label = self.server.config_label if self.server is not None else ""
         if label:
             self._send(ServerConfigChanged(label))
-        self._send(SetConcurrency(self.target))
+        self._send(SetConcurrency(self.control.target))
         if self.start_paused:
             self._send(Pause())
-        if self.dashboard is not None:
-            self.dashboard.show_control(self.snapshot)
 
     @on(Worker.StateChanged)
     def _worker_state(self, event: Worker.StateChanged) -> None:
@@ -162,28 +163,11 @@ class QBenchApp(App):
         self._ticks += 1
         if self._exiting() or self.dashboard is None or not self.dashboard.is_attached:
             return
-        now = self.clock()
         if self.startup is not None:
-            try:
-                self._tick_startup()
-            except NoMatches:
-                if not self._exiting():
-                    raise
+            self._tick_startup()
             return
-        latest: Snapshot | None = None
-        engine = self.engine
-        if engine is not None:
-            try:
-                for _ in range(64):  # poll() returns the newest; the bound only guards a misbehaving link
-                    snap = engine.poll()
-                    if snap is None:
-                        break
-                    latest = snap
-            except Exception as exc:  # a dead pipe must not kill the face: show it, keep the keys working
-                if not self._poll_failed:
-                    self._poll_failed = True
-                    self.engine_error = f"engine link: {exc}"
-                    self.notify(self.engine_error, severity="error", timeout=30)
+        now = self.clock()
+        latest = self._drain()
         log_due = self.server is not None and self._ticks % self.LOG_EVERY == 1
         if log_due:
             self._watch_server()
@@ -201,6 +185,18 @@ class QBenchApp(App):
             if not self._exiting():
                 raise
 
+    def _drain(self) -> Snapshot | None:
+        if self.engine is None:
+            return None
+        try:
+            return drain(self.engine)
+        except Exception as exc:  # a dead pipe must not kill the face: show it, keep the keys working
+            if not self._poll_failed:
+                self._poll_failed = True
+                self.engine_error = f"engine link: {exc}"
+                self.notify(self.engine_error, severity="error", timeout=30)
+            return None
+
     def _exiting(self) -> bool:
         return self.closed or not self.is_running  # Textual clears _running first thing in its shutdown
 
@@ -208,16 +204,15 @@ class QBenchApp(App):
         """A server that dies under load must be impossible to miss."""
         server = self.server
         assert server is not None
-        if self._restarting:
+        if self.restart_flow.active:  # the restart's own stop is not a death
             return
         state = server.state
-        if state != self._server_state and state in ("failed", "stopped") and not self.closed:
+        if state != self._server_state and state in (ServerState.FAILED, ServerState.STOPPED) and not self.closed:
             rc = server.returncode
-            if self.engine is not None and self._server_state == "ready":
+            if self.engine is not None and self._server_state == ServerState.READY:
                 # died under load: stop sending into the void and keep what was measured so far
-                self.engine.send(Pause())
-                self.engine.send(Save(self.out_dir))
-                self.paused = True
+                self._send(Pause())
+                self._send(Save(self.out_dir))
             self.notify(
                 f"server {state} (exit code {rc if rc is not None else '?'}) {server.error}".strip()
                 + ("; load paused, results saved" if self.engine is not None else ""),
@@ -227,26 +222,25 @@ class QBenchApp(App):
         self._server_state = state
 
     def _tick_startup(self) -> None:
+        """Only decides when to leave the startup screen; the screen repaints itself (screens/startup.py)."""
         assert self.startup is not None and self.server is not None
-        state = self.server.state
-        self.startup.refresh_view()
-        if self._restarting and not self._restart_launched:
+        if self.restart_flow.stopping:
             return  # the old process may still answer "ready" until restart() has stopped it
-        if state == "ready" and self.screen is self.startup:  # (a palette on top: switch on a later tick)
+        if self.server.state == ServerState.READY and self.screen is self.startup:  # (a palette on top: later)
             self.pop_screen()
             self.startup = None
-            if self._restarting:
+            if self.restart_flow.active:
                 self._restarted()
             else:
                 self._start_engine()
 
     def _apply(self, snap: Snapshot, now: float) -> None:
-        was_sim = self.is_simulated
         self.snapshot = snap
-        if now - self._last_cmd > self.SYNC_AFTER:
-            self.target = snap.target_concurrency
-            self.paused = snap.status == "paused"
-        if self.is_simulated != was_sim or not self.sub_title:
+        self.control.seen(snap)
+        self._show_control()
+        if snap.simulated:
+            self.simulated = True  # (its watcher retitles)
+        if not self.sub_title:
             self._update_title()
         assert self.dashboard is not None
         self.dashboard.show(snap, now)
@@ -262,34 +256,27 @@ class QBenchApp(App):
         if self.engine is None or self.closed:
             self.notify(self.engine_error or "engine not running yet", severity="warning", timeout=3)
             return False
-        self.engine.send(cmd)
-        self._last_cmd = self.clock()
+        self.engine.send(self.control.stamp(cmd))
+        self._show_control()
         return True
 
     def set_concurrency(self, n: int) -> None:
-        n = max(0, min(MAX_CONCURRENCY, int(n)))
-        if n == self.target:  # e.g. "down" at 0: no new segment for a non-change
-            return
-        if self._send(SetConcurrency(n)):
-            self.target = n
-            if self.dashboard is not None:
-                self.dashboard.show_control(self.snapshot)
+        n = clamp_concurrency(n)
+        if n != self.control.target:  # e.g. "down" at 0: no new segment for a non-change
+            self._send(SetConcurrency(n))
 
     def action_change_concurrency(self, delta: int) -> None:
-        self.set_concurrency(self.target + delta)
+        self.set_concurrency(self.control.target + delta)
 
     def action_ask_concurrency(self) -> None:
         def done(value: int | None) -> None:
             if value is not None:
                 self.set_concurrency(value)
 
-        self.push_screen(ConcurrencyInput(self.target), done)
+        self.push_screen(ConcurrencyInput(self.control.target), done)
 
     def action_toggle_pause(self) -> None:
-        if self._send(Resume() if self.paused else Pause()):
-            self.paused = not self.paused
-            if self.dashboard is not None:
-                self.dashboard.show_control(self.snapshot)
+        self._send(Resume() if self.control.paused else Pause())
 
     def action_reset_window(self) -> None:
         if self._send(ResetWindow()):
@@ -301,14 +288,14 @@ class QBenchApp(App):
 
     def action_restart_server(self) -> None:
         server = self.server
-        if server is None or not callable(getattr(server, "restart", None)):
+        if server is None or not server.restartable:
             self.notify("restart with other flags needs a server qbench launched (--launch CONFIG)",
                         severity="warning", timeout=6)
             return
         # from the dashboard, or from a startup screen whose server failed (first launch or an earlier restart)
-        failed = (self.startup is not None and server.state in ("failed", "stopped")
-                  and (not self._restarting or self._restart_launched))
-        if (self._restarting or self.startup is not None) and not failed:
+        failed = (self.startup is not None and server.state in (ServerState.FAILED, ServerState.STOPPED)
+                  and not self.restart_flow.stopping)
+        if (self.restart_flow.active or self.startup is not None) and not failed:
             self.notify("the server is starting", severity="warning", timeout=3)
             return
 
@@ -316,55 +303,51 @@ class QBenchApp(App):
             if overrides:
                 self.restart_server(overrides)
 
-        self.push_screen(RestartServer(getattr(server, "config_label", ""), server.command_line), done)
+        self.push_screen(RestartServer(server.config_label, server.command_line), done)
 
     def restart_server(self, overrides: dict) -> None:
         """Pause the load (closing the segment), restart the server with `overrides` in a thread, show its startup
         again; when it is ready, label what follows with the new flags and resume if the load was running."""
         assert self.server is not None
-        if not self._restarting:  # a retry keeps the first attempt's intent
-            self._resume_after_restart = self.engine is not None and not self.paused
-        if self.engine is not None and not self.paused:
+        running = self.engine is not None and not self.control.paused
+        self.restart_flow.begin(load_running=running)
+        if running:
             self._send(Pause())
-            self.paused = True
-        self._restarting, self._restart_launched = True, False
         if self.startup is not None:  # another try after a failed start: the same screen, its clock restarted
-            self.startup.t0 = self.clock()
+            self.startup.restart_clock()
         else:
-            self.startup = StartupScreen(self.server, self.clock)
+            self.startup = StartupScreen(self.server, self.clock, self.poll_period)
             self.push_screen(self.startup)
         self.run_worker(self._do_restart(overrides), name=RESTART_WORKER, exit_on_error=False, exclusive=True)
 
     async def _do_restart(self, overrides: dict) -> None:
         server = self.server
+        assert server is not None
         try:
-            await asyncio.to_thread(server.restart, overrides)  # type: ignore[union-attr]
+            await asyncio.to_thread(server.restart, overrides)
         except Exception as e:  # a launch check (executable, port) failed: the startup screen shows the state
             self.notify(f"restart failed: {e}", severity="error", timeout=30)
             return
         finally:
-            self._restart_launched = True
-        wait = getattr(server, "wait_ready", None)  # a LaunchedServer sees /health only while someone waits
-        if callable(wait):
-            try:
-                await asyncio.to_thread(wait)
-            except Exception:
-                pass  # the startup screen shows state "failed", the exit code and the log tail
+            self.restart_flow.launched()
+        try:
+            await asyncio.to_thread(server.wait_ready)  # a LaunchedServer sees /health only while someone waits
+        except Exception:
+            pass  # the startup screen shows state "failed", the exit code and the log tail
 
     def _restarted(self) -> None:
-        self._restarting = False
-        self._server_state = "ready"
-        label = getattr(self.server, "config_label", "")
+        resume = self.restart_flow.finish()
+        self._server_state = ServerState.READY
+        assert self.server is not None
+        label = self.server.config_label
         if self.engine is None:  # the first launch had failed: start the load as a normal startup would
             self._start_engine()
             self.notify(f"server started: {label or 'default flags'}", timeout=8)
             return
         if label:
             self._send(ServerConfigChanged(label))
-        if self._resume_after_restart and self._send(Resume()):
-            self.paused = False
-        if self.dashboard is not None:
-            self.dashboard.show_control(self.snapshot)
+        if resume:
+            self._send(Resume())
         self.notify(f"server restarted: {label or 'default flags'}", timeout=8)
 
     def action_show_help(self) -> None:
@@ -391,11 +374,12 @@ class QBenchApp(App):
             verb = "Raise" if delta > 0 else "Lower"
             yield SystemCommand(f"Concurrency {delta:+d}", f"{verb} the target concurrency by {abs(delta)}",
                                 partial(self.action_change_concurrency, delta))
-        yield SystemCommand("Set concurrency…", "Type a target concurrency (0..4096)", self.action_ask_concurrency)
+        yield SystemCommand("Set concurrency…", f"Type a target concurrency (0..{MAX_CONCURRENCY})",
+                            self.action_ask_concurrency)
         yield SystemCommand("Pause / resume", "Pause or resume the load", self.action_toggle_pause)
         yield SystemCommand("Reset window", "Restart the rolling window", self.action_reset_window)
         yield SystemCommand("Save results", f"Write results to {self.out_dir}/ now", self.action_save)
-        if self.server is not None and callable(getattr(self.server, "restart", None)):
+        if self.server is not None and self.server.restartable:
             yield SystemCommand("Restart server with other flags…", "Pause, restart vllm serve with changed flags, "
                                 "resume", self.action_restart_server)
         yield SystemCommand("Cycle latency histogram", "Show the next latency histogram", self.action_cycle_latency)
@@ -410,31 +394,12 @@ class QBenchApp(App):
         engine = self.engine
         if engine is not None:
             self.notify("saving results and stopping…", timeout=self.SAVE_WAIT)
-            try:
-                before = self.saved_paths
-                engine.send(Save(self.out_dir))
-                engine.send(Stop())
-                await self._await_saved(engine, before)
-            except Exception as exc:  # the engine may already be gone; still close what we can
-                self.log.error(f"qbench: sending Save/Stop failed: {exc!r}")
-            try:
-                await asyncio.to_thread(engine.close)
-            except Exception as exc:
-                self.log.error(f"qbench: engine.close failed: {exc!r}")
+            last = await save_and_close(engine, self.out_dir, self.saved_paths, self.SAVE_WAIT, self.log.error)
+            if last is not None:
+                self.snapshot = last
+                self.saved_paths = last.saved or self.saved_paths
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
-
-    async def _await_saved(self, engine: EngineLink, before: tuple[str, ...]) -> None:
-        """Give the engine a moment to report the final save, so the CLI can print the paths after exit."""
-        deadline = self.clock() + self.SAVE_WAIT
-        while self.clock() < deadline:
-            snap = engine.poll()
-            if snap is not None:
-                self.snapshot = snap
-                if snap.saved and snap.saved != before:
-                    self.saved_paths = snap.saved
-                    return
-            await asyncio.sleep(0.05)
 
     def close_all(self) -> None:
         """Blocking fallback for callers (and unmount): close the engine and stop the server if still open."""
@@ -442,14 +407,7 @@ class QBenchApp(App):
             return
         self.closed = True
         if self.engine is not None:
-            try:
-                self.engine.send(Stop())
-            except Exception:
-                pass
-            try:
-                self.engine.close()
-            except Exception:
-                pass
+            close_quietly(self.engine)
         if self.server is not None:
             self.server.stop()
 
@@ -457,24 +415,3 @@ class QBenchApp(App):
         # exits that bypass action_quit (an exception, App.exit from elsewhere) must not orphan the engine/server
         self.close_all()
 
-
-def demo(argv: list[str] | None = None) -> int:
-    """`python -m qbench_tui.tui.app`: the dashboard on an evolving FakeEngine (no engine, no server, no HTTP)."""
-    import argparse
-
-    from qbench_tui.tui.fake_engine import FakeEngine
-
-    ap = argparse.ArgumentParser(prog="python -m qbench_tui.tui.app", description=demo.__doc__)
-    ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--paused", action="store_true")
-    a = ap.parse_args(argv)
-    app = QBenchApp(lambda: FakeEngine(evolve=True), title="qbench (fake engine)", simulated=True,
-                    start_concurrency=a.concurrency, start_paused=a.paused, out_dir="/tmp/qbench-fake")
-    app.run()
-    if app.saved_paths:
-        print("saved:", *app.saved_paths, sep="\n  ")
-    return app.return_code or 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(demo())

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from qbench_tui.live import free_port
+from qbench_tui.server.net import free_port
 from tests.conftest import run_qbench
 
 FAKE = Path(__file__).resolve().parents[1] / "fakes" / "vllm"
@@ -36,6 +36,7 @@ ignore_eos = true
 [sweep]
 levels = [1, 2]
 mode = "wave"
+out = "{tmp_path / 'out'}"
 ''')
     return p, port
 
@@ -85,3 +86,5 @@ def test_launch_failure_is_clear(tmp_path):
     r = run_qbench("run", "--launch", str(cfg), "-c", "1", "--requests", "1", timeout=120)
     assert r.returncode == 1
     assert "during startup" in r.stderr
+    # the vLLM log goes where the results go ([sweep] out, by default ./results), with the failure in it
+    assert "Invalid repository ID" in next((tmp_path / "out").glob("vllm_*.log")).read_text()

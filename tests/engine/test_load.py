@@ -242,7 +242,8 @@ async def test_dead_server_fails_without_busy_loop():
 
 
 def test_engine_does_not_import_textual():
-    code = ("import sys, qbench_tui.engine.load, qbench_tui.engine.request, qbench_tui.engine.stats, "
-            "qbench_tui.engine.sse; assert 'textual' not in sys.modules, 'textual imported'")
+    code = ("import sys, qbench_tui.engine.load, qbench_tui.engine.request, qbench_tui.engine.http1, "
+            "qbench_tui.engine.openai_stream, qbench_tui.engine.stats, qbench_tui.engine.sse; "
+            "assert 'textual' not in sys.modules, 'textual imported'")
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=root)

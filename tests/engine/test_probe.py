@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qbench_tui.engine.metrics import PROBE_KEYS, MetricsPoller, ServerSample, ServerUnreachable, fetch_info, probe
+from qbench_tui.engine.metrics_parse import ServerSample
+from qbench_tui.engine.server_poll import PROBE_KEYS, MetricsPoller, ServerUnreachable, fetch_info, probe
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "metrics"
 SYNTHETIC = (FIX / "SYNTHETIC_v0.13.0_rendered-from-loggers.py-definitions.prom").read_text(encoding="utf-8")

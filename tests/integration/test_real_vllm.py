@@ -19,10 +19,10 @@ import psutil
 import pytest
 
 from qbench_tui.engine.load import LoadEngine
-from qbench_tui.engine.metrics import ServerSample, parse_metrics
+from qbench_tui.engine.metrics_parse import ServerSample, parse_metrics
 from qbench_tui.engine.prompts import make_prompt_source, synthetic_prompt
 from qbench_tui.engine.records import RequestRecord, RequestSpec
-from qbench_tui.server.launcher import port_in_use
+from qbench_tui.server.net import port_in_use
 
 pytestmark = [pytest.mark.real_vllm, pytest.mark.timeout(900)]  # startup alone may take minutes when busy
 

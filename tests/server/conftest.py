@@ -7,10 +7,10 @@
         sim.truth()                                                  # thread mode: in-memory ground truth
 
 Arguments: profile (name, TOML path or Profile), speed, seed, metrics_schema, model, record_truth (file path),
-overrides ({field: value} -> --set), in_thread, wait (seconds to wait for the banner), and Faults fields as keyword
+overrides ({field: value} -> --set), in_thread, wait (seconds to wait for /health 200), and Faults fields as keyword
 arguments (error_rate, cut_rate, stream_error_rate, stall_rate, stall_seconds, crash_after, refuse_seconds,
 unhealthy_seconds, metrics). With refuse_seconds > 0 the subprocess gets a pre-picked free port and the factory
-returns at once (so a test can watch connections being refused).
+returns at once (so a test can watch connections being refused); otherwise it returns once /health says 200.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from qbench_tui.server.sim.testing import SimProcess, free_port, wait_until  # noqa: F401 - re-exported
+from qbench_tui.server.net import free_port
+from tests.sim_process import SimProcess, wait_until  # noqa: F401 - re-exported
 
 
 @pytest.fixture
@@ -49,18 +50,22 @@ def sim_server():
             path = Path(tmpdir.name) / f"{profile.name}-{len(started)}.toml"
             path.write_text(profile.to_toml())
             profile = str(path)
-        args = ["--profile", str(profile), "--speed", str(speed), "--seed", str(seed),
-                "--metrics-schema", metrics_schema, *Faults(**faults).cli_args()]
+        args = ["--speed", str(speed), "--seed", str(seed), "--metrics-schema", metrics_schema,
+                *Faults(**faults).cli_args()]
         if model:
             args += ["--model", model]
         if record_truth:
             args += ["--record-truth", str(record_truth)]
         for k, v in (overrides or {}).items():
             args += ["--set", f"{k}={v}"]
+        # A slow start refuses connections before it prints its banner, so its port is picked here (the test
+        # watches it from the first moment); otherwise the simulator binds port 0 itself and no race is possible.
         slow = float(faults.get("refuse_seconds", 0) or 0) > 0
-        port = free_port() if slow else None
-        proc = SimProcess(args, port, wait, expect_banner=not slow)
+        proc = SimProcess(str(profile), port=free_port() if slow else 0, extra=args, startup_timeout=wait)
         started.append(proc)
+        proc.start()
+        if not slow:
+            proc.wait_ready()
         return proc
 
     try:

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from qbench_tui.config import ServerConfig
-from qbench_tui.server.launcher import LaunchedServer, LaunchError, live_servers, port_in_use
+from qbench_tui.server.launcher import LaunchedServer, LaunchError
+from qbench_tui.server.net import free_port, port_in_use
+from qbench_tui.server.proctree import live_children as live_servers
 
 FAKE = str(Path(__file__).resolve().parents[1] / "fakes" / "vllm")
 
@@ -28,12 +30,6 @@ def fake_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("FAKE_VLLM_MODE", "FAKE_VLLM_ARGV_FILE", "FAKE_VLLM_ECHO_ENV", "FAKE_VLLM_PIDFILE",
                  "FAKE_VLLM_NOISE"):
         monkeypatch.delenv(name, raising=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cfg(**kw: object) -> ServerConfig:
@@ -292,9 +288,9 @@ def test_engine_child_is_stopped_with_the_group(tmp_path: Path) -> None:
 
 
 def test_stop_reaches_children_the_api_server_left_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from qbench_tui.server import launcher
+    from qbench_tui.server import proctree
 
-    monkeypatch.setattr(launcher, "STRAGGLER_GRACE", 0.2)
+    monkeypatch.setattr(proctree, "STRAGGLER_GRACE", 0.2)
     pidfile = tmp_path / "pids"
     env = (("FAKE_VLLM_MODE", "engine_child"), ("FAKE_VLLM_PIDFILE", str(pidfile)), ("FAKE_VLLM_ORPHAN_CHILD", "1"))
     s = LaunchedServer(cfg(env=env), tmp_path)
@@ -354,7 +350,7 @@ def test_forked_child_never_stops_the_parents_server(tmp_path: Path) -> None:
         pid = os.fork()
         if pid == 0:  # child: what atexit / a SIGTERM handler would do there
             try:
-                from qbench_tui.server.launcher import stop_all
+                from qbench_tui.server.proctree import stop_all
 
                 stop_all()
                 s.stop()
@@ -365,7 +361,7 @@ def test_forked_child_never_stops_the_parents_server(tmp_path: Path) -> None:
 
 
 def test_parse_flag_overrides() -> None:
-    from qbench_tui.server.launcher import apply_overrides, config_label, parse_flag_overrides
+    from qbench_tui.server.argv import apply_overrides, config_label, parse_flag_overrides
 
     got = parse_flag_overrides("max_num_seqs=128 --enforce-eager --no-enable-prefix-caching "
                                "gpu_memory_utilization=0.85 quantization= kv_cache_dtype=fp8 'served_model_name=a b'")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from qbench_tui.server.launcher import _group_alive, install_signal_handlers, uninstall_signal_handlers
+from qbench_tui.server.net import free_port
+from qbench_tui.server.proctree import group_alive as _group_alive
+from qbench_tui.server.proctree import install_signal_handlers, uninstall_signal_handlers
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = str(ROOT / "tests" / "fakes" / "vllm")
@@ -27,11 +28,11 @@ PROGRAM = textwrap.dedent(
     # rightly stays ignored (install_signal_handlers)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     from qbench_tui.config import ServerConfig
-    from qbench_tui.server import launcher
+    from qbench_tui.server import launcher, proctree
 
     how, port, log_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    launcher.USE_WATCHDOG = os.environ.get("TEST_WATCHDOG", "1") == "1"
-    launcher.install_signal_handlers()
+    proctree.USE_WATCHDOG = os.environ.get("TEST_WATCHDOG", "1") == "1"
+    proctree.install_signal_handlers()
     cfg = ServerConfig(model="m", port=port, vllm_bin={fake!r}, startup_timeout=60.0,
                        env=(("FAKE_VLLM_MODE", os.environ.get("TEST_FAKE_MODE", "")),
                             ("FAKE_VLLM_PIDFILE", os.path.join(log_dir, "pids"))))
@@ -44,12 +45,6 @@ PROGRAM = textwrap.dedent(
     time.sleep(600)
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gone(pid_or_pgid: int, group: bool, within: float = 20.0) -> bool:

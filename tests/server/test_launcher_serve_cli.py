@@ -5,7 +5,6 @@ import argparse
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,16 +12,11 @@ import time
 from pathlib import Path
 
 from qbench_tui.server import serve_cli
-from qbench_tui.server.launcher import _group_alive
+from qbench_tui.server.net import free_port
+from qbench_tui.server.proctree import group_alive as _group_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = str(ROOT / "tests" / "fakes" / "vllm")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp_path: Path, port: int, vllm_bin: str = FAKE, extra: str = "") -> Path:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from qbench_tui.server.sim.testing import wait_until
+from tests.sim_process import wait_until
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 20, "ignore_eos": True,
         "stream_options": {"include_usage": True}}

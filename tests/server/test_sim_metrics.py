@@ -1,15 +1,30 @@
 """/metrics: vLLM V1 names, types, labels and buckets (and the V0 schema), consistent with what was served."""
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
-from qbench_tui.server.sim.metrics import ITL_BUCKETS, REQ_BUCKETS, TTFT_BUCKETS
-from qbench_tui.server.sim.testing import REPO
+from qbench_tui.engine.metrics_parse import parse_metrics
+from qbench_tui.server.sim.metrics import (
+    ITL_BUCKETS,
+    REQ_BUCKETS,
+    TTFT_BUCKETS,
+    V0_HISTOGRAMS,
+    V1_HISTOGRAMS,
+    SimMetrics,
+)
+from qbench_tui.server.sim.profile import load_profile
+from tests.sim_process import REPO
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 
@@ -117,3 +132,143 @@ def test_cli_list_profiles_and_set_override(sim_server):
     assert any("SIMULATED vLLM) profile=tiny-cpu listening on http://127.0.0.1:" in ln for ln in sim.lines)
     info = families(sim.url)["vllm:cache_config_info"].samples[0].labels
     assert info["num_gpu_blocks"] == "123" and info["block_size"] == "128"
+
+
+# ---------------------------------------------------------------- the page as prometheus_client renders it
+
+SYNTHETIC = Path(__file__).resolve().parents[1] / "fixtures" / "metrics" / (
+    "SYNTHETIC_v0.13.0_rendered-from-loggers.py-definitions.prom")
+SYNTHETIC_MODEL = "Qwen/Qwen2.5-14B-Instruct-AWQ"
+
+
+def shape(text: str) -> list[str]:
+    """HELP/TYPE lines and sample lines with the value cut off: names, order, types, help, labels and `le` remain."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            out.append(line)
+        elif line and not line.startswith("#"):
+            out.append(line.rsplit(" ", 1)[0])
+    return out
+
+
+def busy_metrics(schema: str) -> SimMetrics:
+    """A SimMetrics with the cache config of the synthetic 0.13 page and state in every kind of family."""
+    prof = load_profile("h200-fast").replace(max_model_len=4096, num_gpu_blocks=20000, block_size=16,
+                                             gpu_memory_utilization=0.9, enable_prefix_caching=True)
+    m = SimMetrics(prof, SYNTHETIC_MODEL, schema)
+    m.num_running, m.num_waiting, m.kv_usage = 2, 1, 0.0371
+    m.prefix_queries, m.prefix_hits, m.preemptions, m.prompt_tokens, m.generation_tokens = 4096, 1536, 3, 4096, 512
+    m.success["length"] = 4
+    for v in (0.0004, 0.03, 0.12, 2.5, 9000.0):  # below the first bound, on a bound, above the last
+        for h in (m.ttft, m.itl, m.e2e, m.queue_time, m.tpot_req, m.req_prompt_tokens, m.iteration_tokens):
+            h.observe(v)
+    return m
+
+
+def test_v1_page_has_the_shape_of_vllm_013_rendered_by_prometheus_client():
+    page = busy_metrics("v1").render().decode()
+    assert shape(page) == shape(SYNTHETIC.read_text(encoding="utf-8"))
+
+
+def test_every_value_is_written_as_prometheus_client_writes_it():
+    for schema in ("v1", "v0"):
+        m = busy_metrics(schema)
+        m.created = 1795887499.434373
+        lines = [ln for ln in m.render().decode().splitlines() if ln and not ln.startswith("#")]
+        for line in lines:
+            text = line.rsplit(" ", 1)[1]
+            assert text == floatToGoString(float(text)), line
+        engine = 'engine="0",' if schema == "v1" else ""
+        assert f'vllm:prompt_tokens_created{{{engine}model_name="{SYNTHETIC_MODEL}"}} 1.795887499434373e+09' in lines
+
+
+def test_model_name_label_is_escaped():
+    m = SimMetrics(load_profile("h200-fast"), 'a"b\\c', "v1")
+    fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
+    assert fams["vllm:num_requests_running"].samples[0].labels["model_name"] == 'a"b\\c'
+
+
+@pytest.mark.parametrize("schema", ["v1", "v0"])
+def test_both_parsers_read_the_simulators_state(sim_server, schema):
+    sim = sim_server("h200-fast", in_thread=True, speed=5, metrics_schema=schema)
+    run_requests(sim.url, 4, 6)
+    text = httpx.get(sim.url + "/metrics").text
+    m = sim.metrics  # idle now: the engine has nothing left to change
+    hist_table = V1_HISTOGRAMS if schema == "v1" else V0_HISTOGRAMS
+    prefix = "vllm:prefix_cache" if schema == "v1" else "vllm:gpu_prefix_cache"
+
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    counters = {f"{prefix}_queries": m.prefix_queries, f"{prefix}_hits": m.prefix_hits,
+                "vllm:num_preemptions": m.preemptions, "vllm:prompt_tokens": m.prompt_tokens,
+                "vllm:generation_tokens": m.generation_tokens}
+    for name, want in counters.items():
+        assert value(fams, name, name + "_total") == want, name
+        # prometheus_client writes `_created` as a gauge family of its own
+        assert value(fams, name + "_created") == m.created, name
+    for reason, n in m.success.items():
+        assert value(fams, "vllm:request_success", "vllm:request_success_total", finished_reason=reason) == n
+    usage = "vllm:kv_cache_usage_perc" if schema == "v1" else "vllm:gpu_cache_usage_perc"
+    assert value(fams, usage) == m.kv_usage
+    assert value(fams, "vllm:num_requests_running") == m.num_running
+    assert value(fams, "vllm:num_requests_waiting") == m.num_waiting
+    for name, _help, attr in hist_table:
+        h = getattr(m, attr)
+        samples = fams[name].samples
+        buckets = [s for s in samples if s.name == name + "_bucket"]
+        assert [s.labels["le"] for s in buckets][-1] == "+Inf"
+        assert [float(s.labels["le"]) for s in buckets[:-1]] == list(h.bounds), name
+        assert [s.value for s in buckets] == list(itertools.accumulate(h.counts)), name
+        assert value(fams, name, name + "_count") == h.count
+        assert value(fams, name, name + "_sum") == pytest.approx(h.sum)
+        assert value(fams, name + "_created") == m.created
+    assert m.generation_tokens == 24 and m.ttft.count == 4
+
+    s = parse_metrics(text, 1.0)
+    assert (s.schema, s.engines) == (schema, 1)
+    assert (s.prompt_tokens, s.generation_tokens) == (m.prompt_tokens, m.generation_tokens)
+    assert (s.prefix_cache_queries, s.prefix_cache_hits) == (m.prefix_queries, m.prefix_hits)
+    assert s.num_preemptions == m.preemptions and s.request_success == sum(m.success.values()) == 4
+    assert (s.kv_cache_usage, s.num_running, s.num_waiting) == (m.kv_usage, m.num_running, m.num_waiting)
+    assert (s.ttft_count, s.ttft_sum) == (m.ttft.count, pytest.approx(m.ttft.sum))
+    assert (s.num_gpu_blocks, s.block_size) == (sim.profile.num_gpu_blocks, sim.profile.block_size)
+    if schema == "v1":
+        assert (s.queue_time_count, s.queue_time_sum) == (m.queue_time.count, pytest.approx(m.queue_time.sum))
+        assert s.prefix_cache_hit_rate_gauge is None
+    else:
+        assert s.queue_time_count is None
+        assert s.prefix_cache_hit_rate_gauge == pytest.approx(m.prefix_hits / m.prefix_queries)
+
+
+async def test_numbers_move_under_load(sim_server):
+    sim = sim_server("h200-fast", in_thread=True, speed=1)
+    streams, tokens = 8, 400
+
+    async with httpx.AsyncClient(base_url=sim.url, timeout=60) as client:
+        async def scrape():
+            r = await client.get("/metrics")
+            return parse_metrics(r.text, 0.0)
+
+        async def stream(i: int) -> None:
+            async with client.stream("POST", "/v1/completions", json={
+                    "prompt": f"request {i}", "stream": True, "max_tokens": tokens, "ignore_eos": True}) as r:
+                assert r.status_code == 200
+                async for _ in r.aiter_bytes():
+                    pass
+
+        before = await scrape()
+        tasks = [asyncio.create_task(stream(i)) for i in range(streams)]
+        deadline = time.monotonic() + 30
+        busy = await scrape()
+        while not (busy.num_running == streams and busy.generation_tokens > streams):
+            assert time.monotonic() < deadline and not any(t.done() for t in tasks), busy
+            await asyncio.sleep(0.02)
+            busy = await scrape()
+        await asyncio.gather(*tasks)
+        after = await scrape()
+
+    assert before.generation_tokens == before.ttft_count == before.request_success == 0
+    assert busy.kv_cache_usage > 0 and busy.ttft_count == streams and busy.request_success == 0
+    assert busy.generation_tokens < after.generation_tokens == streams * tokens
+    assert after.request_success == streams and after.num_running == 0 and after.kv_cache_usage == 0.0
+    assert after.prompt_tokens > 0 and after.prefix_cache_queries == after.prompt_tokens

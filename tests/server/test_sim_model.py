@@ -145,7 +145,7 @@ async def test_kv_usage_rises_with_concurrency_and_prompt_length_and_frees_on_di
     u4_long = await _kv_usage_with_inflight(sim.url, 4, 12000, 3)  # ~3,000-token prompts
     assert 0 < u4 < u16
     assert u4 < u4_long
-    from qbench_tui.server.sim.testing import wait_until
+    from tests.sim_process import wait_until
 
     wait_until(lambda: metrics(sim.url)["vllm:kv_cache_usage_perc"] == 0.0, timeout=15)
     m = metrics(sim.url)

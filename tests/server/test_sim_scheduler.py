@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from qbench_tui.server.sim.app import render_chat, text_tokens
 from qbench_tui.server.sim.metrics import SimMetrics
 from qbench_tui.server.sim.profile import Profile, list_profiles, load_profile
+from qbench_tui.server.sim.requests import render_chat, text_tokens
 from qbench_tui.server.sim.scheduler import FINISHED, RUNNING, SimEngine, SimRequest
 
 

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from qbench_tui.server.sim.testing import wait_until
+from tests.sim_process import wait_until
 
 BODY = {"messages": [{"role": "user", "content": "hello"}], "stream": True, "max_tokens": 12, "ignore_eos": True,
         "stream_options": {"include_usage": True}}

@@ -13,6 +13,7 @@ from textual.widgets import Input
 from qbench_tui.config import ServerConfig
 from qbench_tui.engine.snapshot import Pause, Resume, ServerConfigChanged
 from qbench_tui.server.launcher import LaunchedServer
+from qbench_tui.tui.restart import RestartPhase
 from qbench_tui.tui.screens.dashboard import DashboardScreen
 from qbench_tui.tui.screens.startup import StartupScreen
 from tests.server.test_launcher import FAKE, free_port, group_gone
@@ -38,6 +39,10 @@ async def _until(pilot, pred, timeout: float = 60.0) -> bool:
     return pred()
 
 
+def idle(app) -> bool:
+    return app.restart_flow.phase is RestartPhase.IDLE
+
+
 async def test_restart_launched_server_from_the_dashboard(tmp_path: Path) -> None:
     argv_file = tmp_path / "argv.json"
     server = LaunchedServer(ServerConfig(model="fake-model", host="127.0.0.1", port=free_port(), vllm_bin=FAKE,
@@ -55,9 +60,8 @@ async def test_restart_launched_server_from_the_dashboard(tmp_path: Path) -> Non
             await pilot.pause()
             app.screen.query_one(Input).value = "max_num_seqs=32 --enforce-eager"
             await pilot.press("enter")
-            assert await _until(pilot, lambda: isinstance(app.screen, DashboardScreen) and not app._restarting), (
-                server.state, server.error, server.log_tail(8), app.screen, app._restarting, app._restart_launched,
-                notes(app))
+            assert await _until(pilot, lambda: isinstance(app.screen, DashboardScreen) and idle(app)), (
+                server.state, server.error, server.log_tail(8), app.screen, app.restart_flow.phase, notes(app))
             assert json.loads(argv_file.read_text())[-3:] == ["--max-num-seqs", "32", "--enforce-eager"]
             assert server.state == "ready" and group_gone(first_pgid)
             i = eng.sent.index(Pause())
@@ -88,7 +92,8 @@ async def test_restart_that_fails_shows_the_failure(tmp_path: Path, monkeypatch:
             await pilot.press("enter")
             assert await _until(pilot, lambda: server.state == "failed")
             await settle(app, pilot)
-            assert isinstance(app.screen, StartupScreen) and app.screen.has_class("-failed")
+            assert isinstance(app.screen, StartupScreen)
+            assert await _until(pilot, lambda: app.screen.has_class("-failed"), timeout=10)
             assert Resume() not in eng.sent  # nothing to resume against
             # another try from the failed screen, with flags the server accepts: the load resumes
             monkeypatch.delenv("FAKE_VLLM_MODE")
@@ -96,7 +101,7 @@ async def test_restart_that_fails_shows_the_failure(tmp_path: Path, monkeypatch:
             await pilot.pause()
             app.screen.query_one(Input).value = "max_num_seqs=8"
             await pilot.press("enter")
-            assert await _until(pilot, lambda: isinstance(app.screen, DashboardScreen) and not app._restarting)
+            assert await _until(pilot, lambda: isinstance(app.screen, DashboardScreen) and idle(app))
             assert server.state == "ready" and eng.sent[-2:] == [ServerConfigChanged("max_num_seqs=8"), Resume()]
             await pilot.press("q")
             await pilot.pause()
@@ -118,8 +123,9 @@ async def test_first_launch_fails_then_other_flags_start_it(tmp_path: Path, monk
             assert await _until(pilot, lambda: server.state == "failed"), (server.state, server.log_tail(20),
                                                                            server.error, server.returncode)
             await settle(app, pilot)
-            assert isinstance(app.screen, StartupScreen) and "F: restart with other flags" in str(
-                app.screen.query_one("#startup-status").render())
+            assert isinstance(app.screen, StartupScreen)
+            assert await _until(pilot, lambda: "F: restart with other flags" in str(
+                app.screen.query_one("#startup-status").render()), timeout=10)
             assert calls == []  # no load against a server that never came up
             monkeypatch.delenv("FAKE_VLLM_MODE")
             await pilot.press("F")
@@ -127,8 +133,8 @@ async def test_first_launch_fails_then_other_flags_start_it(tmp_path: Path, monk
             app.screen.query_one(Input).value = "max_num_seqs=64"
             await pilot.press("enter")
             assert await _until(pilot, lambda: isinstance(app.screen, DashboardScreen) and app.engine is not None), (
-                server.state, server.error, server.log_tail(8), app.screen, app._restarting, app._restart_launched,
-                app.engine, calls, notes(app))
+                server.state, server.error, server.log_tail(8), app.screen, app.restart_flow.phase, app.engine, calls,
+                notes(app))
             await app.workers.wait_for_complete()
             assert json.loads(argv_file.read_text())[-2:] == ["--max-num-seqs", "64"]
             assert calls == [1] and eng.sent[0] == ServerConfigChanged("max_num_seqs=64")

@@ -10,9 +10,10 @@ from dataclasses import replace
 
 import pytest
 
-from qbench_tui.tui.fake_engine import FakeEngine, FakeServer, sample_snapshot
+from qbench_tui.engine.snapshot import EngineStatus
 
 from .conftest import FakeClock, build_app, settle
+from .fakes import FakeEngine, FakeServer, sample_snapshot
 
 pytestmark = pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="snapshots were generated on Python 3.11")
 
@@ -30,8 +31,15 @@ def _app(snapshot=None, **kw):
     return app
 
 
+# sweep.find_knee's words for sample_snapshot's levels 32 -> 64
+KNEE = ("saturated past concurrency 32: going to 64 changed output tok/s by +14% for +100% concurrency while mean "
+        "latency rose +8%. Peak 3288 tok/s at 64. Why: the KV cache is full (max usage 78%, 12 preemptions): requests "
+        "wait for blocks or are recomputed; more GPU memory, a shorter max_model_len or a smaller max_num_seqs help")
+
+
 def test_dashboard_160x48(snap_compare):
-    assert snap_compare(_app(), terminal_size=(160, 48), run_before=_ready)
+    # the live knee verdict under the segment table (the other dashboards have none: the line stays hidden)
+    assert snap_compare(_app(replace(sample_snapshot(), knee=KNEE)), terminal_size=(160, 48), run_before=_ready)
 
 
 def test_dashboard_80x24(snap_compare):
@@ -52,9 +60,9 @@ def test_dashboard_no_metrics_client_limited_80x24(snap_compare):
 
 
 def test_dashboard_paused_with_log_160x48(snap_compare):
-    server = FakeServer(_state="ready")
+    server = FakeServer(state="ready")
     server.advance()
-    app = _app(replace(sample_snapshot(gpu=False), status="paused"), server=server, start_paused=True)
+    app = _app(replace(sample_snapshot(gpu=False), status=EngineStatus.PAUSED), server=server, start_paused=True)
     assert snap_compare(app, terminal_size=(160, 48), run_before=_ready)
 
 

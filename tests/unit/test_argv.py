@@ -6,15 +6,8 @@ import shlex
 import pytest
 
 from qbench_tui.config import ServerConfig
-from qbench_tui.server.launcher import (
-    apply_overrides,
-    build_argv,
-    command_line,
-    config_label,
-    is_secret_name,
-    redact_text,
-    secrets_in,
-)
+from qbench_tui.server.argv import apply_overrides, build_argv, config_label
+from qbench_tui.server.secrets import command_line, is_secret_name, redact_text, secrets_in
 
 
 def test_argv_base_and_flag_kinds() -> None:

@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 ENGINE_MODULES = ["qbench_tui.engine.load", "qbench_tui.engine.request", "qbench_tui.engine.stats",
-                  "qbench_tui.engine.metrics", "qbench_tui.engine.session", "qbench_tui.engine.process",
+                  "qbench_tui.engine.metrics_parse", "qbench_tui.engine.server_series",
+                  "qbench_tui.engine.server_poll", "qbench_tui.engine.session", "qbench_tui.engine.process",
                   "qbench_tui.headless", "qbench_tui.sweep", "qbench_tui.report.files"]
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from qbench_tui.engine.metrics import ALIASES, MetricsParseError, ServerSample, ServerSeries, parse_metrics
+from qbench_tui.engine.metrics_parse import ALIASES, MetricsParseError, ServerSample, parse_metrics
+from qbench_tui.engine.server_series import ServerSeries
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "metrics"
 SYNTHETIC = FIX / "SYNTHETIC_v0.13.0_rendered-from-loggers.py-definitions.prom"

@@ -1,5 +1,7 @@
 """The simulator's raw ASGI app: vLLM 0.13's OpenAI-compatible surface on top of SimEngine.
 
+Bodies are validated in requests.py; this module routes, streams and records ground truth.
+
 Hot path: per token chunk the streaming handler joins pre-built byte templates (no json.dumps) and hands them to the
 transport; per request it drains every token the engine produced since its last wake-up in one send.
 """
@@ -17,6 +19,7 @@ from typing import Any
 from .faults import FaultDice, FaultPlan, Faults
 from .metrics import SimMetrics
 from .profile import Profile
+from .requests import ApiError, parse_generate, read_json
 from .scheduler import SimEngine, SimRequest
 
 DEFAULT_TEXT = (
@@ -61,59 +64,6 @@ def _words(text: str) -> list[bytes]:
     out = [json.dumps(parts[0], ensure_ascii=False)[1:-1].encode()]
     out += [json.dumps(" " + w, ensure_ascii=False)[1:-1].encode() for w in parts[1:]]
     return [w for w in out if w]
-
-
-def error_body(message: str, err_type: str, code: int, param: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": err_type, "param": param, "code": code}},
-                      separators=(",", ":")).encode()
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, err_type: str, param: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.body = error_body(message, err_type, status, param)
-
-
-def render_chat(messages: list[Any], default_system: str) -> str:
-    """ChatML rendering, like Qwen's template; the text is the 'token' source for counts and prefix hashes."""
-    parts: list[str] = []
-    if default_system and not (messages and isinstance(messages[0], dict) and messages[0].get("role") == "system"):
-        parts.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
-    for m in messages:
-        if not isinstance(m, dict) or "role" not in m:
-            raise ApiError(400, f"[{{'type': 'missing', 'loc': ('body', 'messages'), 'msg': 'Field required', "
-                                f"'input': {m!r}}}]", "Bad Request")
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        elif content is None:
-            content = ""
-        parts.append(f"<|im_start|>{m['role']}\n{content}<|im_end|>\n")
-    parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
-
-
-def text_tokens(text: str, block_size: int, chars_per_token: int) -> tuple[int, list[int]]:
-    """(token count, chained hashes of full blocks) with one 'token' per chars_per_token characters."""
-    n = max(1, -(-len(text) // chars_per_token))
-    step = block_size * chars_per_token
-    h = 0x5EED
-    hashes = []
-    for i in range(n // block_size):
-        h = hash((h, text[i * step:(i + 1) * step]))
-        hashes.append(h)
-    return n, hashes
-
-
-def id_tokens(ids: list[int], block_size: int) -> tuple[int, list[int]]:
-    n = max(1, len(ids))
-    h = 0x5EED
-    hashes = []
-    for i in range(len(ids) // block_size):
-        h = hash((h, tuple(ids[i * block_size:(i + 1) * block_size])))
-        hashes.append(h)
-    return n, hashes
 
 
 class TruthRecorder:
@@ -234,95 +184,14 @@ class SimApp:
         elif mode == "garbage":
             await self._respond(send, 200, GARBAGE_METRICS, METRICS_CT)
         else:
-            await self._respond(send, 200, self.metrics.render().encode(), METRICS_CT)
+            await self._respond(send, 200, self.metrics.render(), METRICS_CT)
 
     # ------------------------------------------------------------------ completions
-    async def _read_json(self, receive) -> Any:
-        body = b""
-        more = True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return None
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
-        try:
-            data = json.loads(body)
-        except ValueError as e:
-            raise ApiError(400, f"[{{'type': 'json_invalid', 'loc': ('body', {e.pos if hasattr(e, 'pos') else 0}), "
-                                f"'msg': 'JSON decode error', 'input': {{}}, 'ctx': {{'error': {str(e)!r}}}}}]",
-                           "Bad Request") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "[{'type': 'model_attributes_type', 'loc': ('body',), 'msg': 'Input should be a "
-                                "valid dictionary or object to extract fields from'}]", "Bad Request")
-        return data
-
     async def _chat(self, scope, receive, send) -> None:
         await self._generate(receive, send, chat=True, client=scope.get("client"))
 
     async def _completions(self, scope, receive, send) -> None:
         await self._generate(receive, send, chat=False, client=scope.get("client"))
-
-    def _prepare(self, data: dict[str, Any], chat: bool) -> tuple[int, list[int], int, int | None, bool, int]:
-        p = self.profile
-        if chat:
-            messages = data.get("messages")
-            if not isinstance(messages, list):
-                raise ApiError(400, "[{'type': 'missing', 'loc': ('body', 'messages'), 'msg': 'Field required'}]",
-                               "Bad Request")
-        else:
-            prompt = data.get("prompt")
-            if prompt is None:
-                raise ApiError(400, "[{'type': 'missing', 'loc': ('body', 'prompt'), 'msg': 'Field required'}]",
-                               "Bad Request")
-        stream = bool(data.get("stream", False))
-        if data.get("stream_options") is not None and not stream:
-            raise ApiError(400, "Stream options can only be defined when `stream=True`.", "BadRequestError")
-        model = data.get("model")
-        if model is not None and model != self.model_name:
-            raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError")
-        if chat:
-            n, hashes = text_tokens(render_chat(messages, p.default_system_prompt), p.block_size, p.chars_per_token)
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            n, hashes = id_tokens(prompt, p.block_size)
-        else:
-            if isinstance(prompt, list):
-                prompt = prompt[0] if prompt else ""
-            n, hashes = text_tokens(str(prompt), p.block_size, p.chars_per_token)
-        mml = p.max_model_len
-        if n >= mml:
-            raise ApiError(400, f"This model's maximum context length is {mml} tokens. However, your request has "
-                                f"{n} input tokens. Please reduce the length of the input messages. None",
-                           "BadRequestError")
-        max_tokens = data.get("max_completion_tokens")
-        if max_tokens is None:
-            max_tokens = data.get("max_tokens")
-        param = max_tokens
-        if max_tokens is None:
-            max_tokens = mml - n
-        else:
-            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-                raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.", "BadRequestError",
-                               "max_tokens")
-            if p.clamp_max_tokens:
-                if max_tokens > mml:
-                    raise ApiError(400, f"max_tokens={max_tokens} cannot be greater than max_model_len={mml}. "
-                                        f"Please request fewer output tokens.", "BadRequestError", "max_tokens")
-                max_tokens = min(max_tokens, mml - n)
-            elif n + max_tokens > mml:
-                raise ApiError(400, f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This "
-                                    f"model's maximum context length is {mml} tokens and your request has {n} input "
-                                    f"tokens ({max_tokens} > {mml} - {n}).", "BadRequestError")
-        if data.get("ignore_eos"):
-            target = max_tokens
-        else:
-            target = self.engine.draw_answer_len()
-            min_tokens = data.get("min_tokens") or 0
-            if isinstance(min_tokens, int) and min_tokens > target:
-                target = min_tokens
-            if target > max_tokens:
-                target = max_tokens
-        return n, hashes, max_tokens, param, stream, target
 
     async def _generate(self, receive, send, chat: bool, client=None) -> None:
         loop = asyncio.get_running_loop()
@@ -335,10 +204,11 @@ class SimApp:
             if self.engine.dead:
                 raise ApiError(500, "EngineCore encountered an issue. See stack trace (above) for the root cause.",
                                "Internal Server Error")
-            data = await self._read_json(receive)
+            data = await read_json(receive)
             if data is None:
                 return
-            n, hashes, max_tokens, param, stream, target = self._prepare(data, chat)
+            n, hashes, max_tokens, param, stream, target = parse_generate(
+                data, chat, self.profile, self.model_name, self.engine.draw_answer_len)
             plan = self.dice.plan(target, stream)
             if plan.error:
                 raise ApiError(500, "EngineCore encountered an issue. See stack trace (above) for the root cause.",

@@ -9,11 +9,12 @@ from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-MAX_CONCURRENCY = 4096
+from qbench_tui.engine.snapshot import MAX_CONCURRENCY, clamp_concurrency
 
 
 def parse_concurrency(text: str) -> tuple[int | None, str]:
-    """-> (value, "") or (None, why)."""
+    """-> (value, "") or (None, why). Typed values are refused, not clamped: 5000 is more likely a typo than a wish
+    for the maximum."""
     s = text.strip()
     if not s:
         return None, "enter a number"
@@ -21,7 +22,7 @@ def parse_concurrency(text: str) -> tuple[int | None, str]:
         n = int(s)
     except ValueError:
         return None, f"not a whole number: {s!r}"
-    if not 0 <= n <= MAX_CONCURRENCY:
+    if clamp_concurrency(n) != n:
         return None, f"must be between 0 and {MAX_CONCURRENCY}"
     return n, ""
 

@@ -1,11 +1,15 @@
-"""The live dashboard. Keys live here (not on the App) so modal screens never see them."""
-from __future__ import annotations
+"""The live dashboard. Keys live here (not on the App) so modal screens never see them.
 
-from typing import TYPE_CHECKING
+The screen is handed its state and never reads the App: target, paused, simulated and whether an engine runs are
+bound in (data_bind) and passed on to the control bar; Snapshots and log lines arrive through show()/show_log_lines().
+The key bindings name app actions (`app.save`): a message to whoever runs the screen, not a reference to it.
+"""
+from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
@@ -20,10 +24,7 @@ from qbench_tui.tui.widgets.panels import (
     StatusLine,
     ThroughputPanel,
 )
-from qbench_tui.tui.widgets.segments import SegmentTable
-
-if TYPE_CHECKING:
-    from qbench_tui.tui.app import QBenchApp
+from qbench_tui.tui.widgets.segments import KneeLine, SegmentTable
 
 
 class DashboardScreen(Screen):
@@ -46,25 +47,29 @@ class DashboardScreen(Screen):
         Binding("q", "app.quit", "Quit"),
     ]
 
+    # bound in by whoever pushes the screen (QBenchApp.on_mount), bound on into the ControlBar
+    target: var[int] = var(0)
+    paused: var[bool] = var(False)
+    simulated: var[bool] = var(False)
+    engine_up: var[bool] = var(False)
+
     def __init__(self, *, show_log: bool) -> None:
         super().__init__(id="dashboard")
         self.show_log = show_log
 
-    @property
-    def qapp(self) -> QBenchApp:
-        return self.app  # type: ignore[return-value]
-
     def compose(self) -> ComposeResult:
         yield Header()
-        yield ControlBar(id="control")
+        yield ControlBar(id="control").data_bind(DashboardScreen.target, DashboardScreen.paused,
+                                                 DashboardScreen.simulated, DashboardScreen.engine_up)
         with Horizontal(id="row-top"):
             yield ThroughputPanel(id="throughput", classes="panel")
             yield ServerPanel(id="server", classes="panel")
         yield LatencyPanel(id="latency")
         with Horizontal(id="row-bottom"):
-            table = SegmentTable(id="segments", classes="panel")
-            table.border_title = "Segments"
-            yield table
+            with Vertical(id="seg-box", classes="panel") as box:
+                box.border_title = "Segments"
+                yield SegmentTable(id="segments")
+                yield KneeLine(id="knee")
             with Vertical(id="side"):
                 yield FailuresPanel(id="failures", classes="panel")
                 yield GpuPanel(id="gpu", classes="panel")
@@ -73,25 +78,16 @@ class DashboardScreen(Screen):
         yield StatusLine(id="status")
         yield Footer()
 
-    def on_mount(self) -> None:
-        if self.qapp.snapshot is None:
-            self.show_control(None)
-
-    def show_control(self, snap: Snapshot | None) -> None:
-        app = self.qapp
-        self.query_one(ControlBar).show(
-            snap, target=app.target, paused=app.paused, simulated=app.is_simulated, engine=app.engine is not None
-        )
-
     def show(self, snap: Snapshot, now: float) -> None:
         """One tick: numbers always, charts through their own <= 1 Hz gates."""
-        self.show_control(snap)
+        self.query_one(ControlBar).show(snap)
         self.query_one(ThroughputPanel).show(snap, now)
         self.query_one(LatencyPanel).show(snap, now)
         self.query_one(ServerPanel).show(snap, now)
         self.query_one(FailuresPanel).show(snap)
         self.query_one(GpuPanel).show(snap)
         self.query_one(SegmentTable).show(snap.segments)
+        self.query_one(KneeLine).show(snap.knee)
         self.query_one(StatusLine).show(snap)
 
     def show_log_lines(self, lines: list[str], state: str) -> None:

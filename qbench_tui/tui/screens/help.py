@@ -7,13 +7,15 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from qbench_tui.engine.snapshot import MAX_CONCURRENCY
+
 # (keys, what) - the single source for the help screen; the bindings live on DashboardScreen
 KEYS: tuple[tuple[str, str], ...] = (
     ("↑ / +", "concurrency +1"),
     ("↓ / -", "concurrency -1"),
     ("PgUp / shift+↑", "concurrency +10"),
     ("PgDn / shift+↓", "concurrency -10"),
-    ("c", "type a concurrency (0..4096)"),
+    ("c", f"type a concurrency (0..{MAX_CONCURRENCY})"),
     ("space", "pause / resume the load"),
     ("r", "reset the rolling window"),
     ("l", "cycle latency histogram (narrow screens)"),

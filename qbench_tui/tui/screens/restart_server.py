@@ -9,7 +9,7 @@ from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from qbench_tui.server.launcher import parse_flag_overrides
+from qbench_tui.server.argv import parse_flag_overrides
 
 
 class RestartServer(ModalScreen["dict[str, Any] | None"]):

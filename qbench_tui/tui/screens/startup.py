@@ -1,8 +1,12 @@
-"""Shown while a launched server starts: phases with their durations, KV cache size, log tail, cancel."""
+"""Shown while a launched server starts: phases with their durations, KV cache size, log tail, cancel.
+
+The screen repaints itself from the server handle on its own timer, which exists only once the screen is mounted:
+the app decides when to leave it (the server is ready), never paints into it (a poll tick landing between
+push_screen and compose once found no widgets there and took the app down).
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,22 +15,19 @@ from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from qbench_tui.server.handle import ServerHandle
+from qbench_tui.server.handle import ServerHandle, ServerState
 from qbench_tui.tui.widgets.panels import Field
 
-if TYPE_CHECKING:
-    pass
 
-
-def phase_lines(phases, elapsed: float, state: str) -> list[str]:
+def phase_lines(phases, elapsed: float, state: ServerState) -> list[str]:
     """One line per phase: name, when it began, how long it took (the last one ticks while starting)."""
     lines = []
     for i, ph in enumerate(phases):
         if i + 1 < len(phases):
             took, mark = f"{phases[i + 1].at - ph.at:6.1f} s", "[$success]✔[/]"
-        elif state == "starting":
+        elif state == ServerState.STARTING:
             took, mark = f"{max(0.0, elapsed - ph.at):6.1f} s…", "[$warning]◌[/]"
-        elif state == "ready":
+        elif state == ServerState.READY:
             took, mark = "", "[$success]✔[/]"
         else:
             took, mark = "", "[$error]✘[/]"
@@ -42,10 +43,11 @@ class StartupScreen(Screen):
         Binding("F", "app.restart_server", "Other flags", show=False),
     ]
 
-    def __init__(self, server: ServerHandle, clock: Callable[[], float]) -> None:
+    def __init__(self, server: ServerHandle, clock: Callable[[], float], period: float = 0.25) -> None:
         super().__init__(id="startup")
         self.server = server
         self.clock = clock
+        self.period = period  # elapsed time and phases tick at the app's poll rate
         self.t0 = clock()
 
     def compose(self) -> ComposeResult:
@@ -63,21 +65,28 @@ class StartupScreen(Screen):
 
     def on_mount(self) -> None:
         self.refresh_view()
+        self.set_interval(self.period, self.refresh_view)
+
+    def restart_clock(self) -> None:
+        """Another start on the same screen (a retry after a failed one): elapsed counts from now."""
+        self.t0 = self.clock()
+        if self.is_mounted:
+            self.refresh_view()
 
     def refresh_view(self) -> None:
         s = self.server
         state = s.state
         elapsed = self.clock() - self.t0
-        if state == "starting":
+        if state == ServerState.STARTING:
             status = (f"[b $warning]starting[/] {escape(s.url)}  elapsed [b]{elapsed:.1f} s[/]"
                       "   (esc: stop server and exit)")
-        elif state == "ready":
+        elif state == ServerState.READY:
             status = f"[b $success]ready[/] {escape(s.url)}"
         else:
             rc = s.returncode
-            retry = " · F: restart with other flags" if callable(getattr(s, "restart", None)) else ""
+            retry = " · F: restart with other flags" if s.restartable else ""
             status = (
-                f"[b reverse $error] server {escape(state)} [/]  exit code [b]{rc if rc is not None else '?'}[/]"
+                f"[b reverse $error] server {escape(str(state))} [/]  exit code [b]{rc if rc is not None else '?'}[/]"
                 f"  {escape(s.error)}\n[$text-muted]q: quit{retry}[/]"
             )
         self.query_one("#startup-status", Field).set(status)
@@ -92,6 +101,6 @@ class StartupScreen(Screen):
         self.query_one("#startup-kv", Field).set("  ".join(parts))
         height = max(5, self.query_one("#startup-log").size.height - 2)
         self.query_one("#startup-log-text", Field).set("\n".join(escape(x) for x in s.log_tail(height)))
-        failed = state in ("failed", "stopped")
+        failed = state in (ServerState.FAILED, ServerState.STOPPED)
         self.set_class(failed, "-failed")
         self.query_one("#startup-box").border_title = f"Server {state}" if failed else "Starting server"

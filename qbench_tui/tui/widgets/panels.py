@@ -2,16 +2,16 @@
 because every Static here has a fixed height and a relayout per tick would cost more than the whole update."""
 from __future__ import annotations
 
-import time
-
 from textual.app import ComposeResult
 from textual.color import Color
 from textual.containers import Horizontal, Vertical
 from textual.markup import escape
+from textual.reactive import var
 from textual.widgets import Sparkline, Static
 from textual_plotext import PlotextPlot
 
-from qbench_tui.engine.snapshot import LatencyView, ServerView, Snapshot
+from qbench_tui.engine.snapshot import EngineStatus, LatencyView, ServerView, Snapshot
+from qbench_tui.server.gpu import GpuSample
 from qbench_tui.tui.widgets.fmt import bar, dur, num, pct
 from qbench_tui.tui.widgets.histogram import HistogramBars
 
@@ -38,7 +38,17 @@ class Field(Static):
 
 
 class ControlBar(Horizontal):
-    """Target, in flight, running/paused, segment: always visible."""
+    """Target, in flight, running/paused, segment: always visible. Target, paused, simulated and whether an engine
+    runs are bound in from the screen (data_bind); the rest comes with each Snapshot."""
+
+    target: var[int] = var(0)
+    paused: var[bool] = var(False)
+    simulated: var[bool] = var(False)
+    engine_up: var[bool] = var(False)
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self._snap: Snapshot | None = None
 
     def compose(self) -> ComposeResult:
         yield Field("", id="state")
@@ -46,24 +56,37 @@ class ControlBar(Horizontal):
         yield Field("", id="totals")
         yield Field("[b reverse $warning] SIMULATED [/]", id="sim-badge")
 
-    def show(self, snap: Snapshot | None, *, target: int, paused: bool, simulated: bool, engine: bool) -> None:
-        if not engine:
-            self.query_one("#state", Field).set("[$text-muted]○ no engine[/]")
-        elif snap is not None and snap.status in ("error", "stopped"):
-            self.query_one("#state", Field).set(f"[b $error]■ {snap.status.upper()}[/]")
-        elif paused:
-            self.query_one("#state", Field).set("[b $warning]‖ PAUSED[/]")
+    def on_mount(self) -> None:
+        self._paint()
+
+    def show(self, snap: Snapshot) -> None:
+        self._snap = snap
+        self._paint()
+
+    def _paint(self) -> None:
+        if not self.is_mounted:  # a bound value may arrive before compose; on_mount paints then
+            return
+        snap = self._snap
+        if not self.engine_up:
+            state = "[$text-muted]○ no engine[/]"
+        elif snap is not None and snap.status in (EngineStatus.ERROR, EngineStatus.STOPPED):
+            state = f"[b $error]■ {EngineStatus(snap.status).value.upper()}[/]"
+        elif self.paused:
+            state = "[b $warning]‖ PAUSED[/]"
         else:
-            self.query_one("#state", Field).set("[b $success]▶ RUNNING[/]")
+            state = "[b $success]▶ RUNNING[/]"
+        self.query_one("#state", Field).set(state)
         in_flight = "—" if snap is None else str(snap.in_flight)
         seg = "—" if snap is None else str(snap.segment)
         failed = f"  [b $error]failed {snap.failed_total:,}[/]" if snap is not None and snap.failed_total else ""
         self.query_one("#conc", Field).set(
-            f"target [b reverse] {target} [/]  in flight [b]{in_flight}[/]  segment [b]{seg}[/]{failed}"
+            f"target [b reverse] {self.target} [/]  in flight [b]{in_flight}[/]  segment [b]{seg}[/]{failed}"
         )
         if snap is not None:
             self.query_one("#totals", Field).set(f"done {snap.completed_total:,}  t {snap.t:.0f} s")
-        self.set_class(simulated, "-simulated")
+        self.set_class(self.simulated, "-simulated")
+
+    watch_target = watch_paused = watch_simulated = watch_engine_up = _paint
 
 
 class StatusLine(Horizontal):
@@ -366,23 +389,22 @@ class GpuPanel(Vertical):
         if len(gpus) != self._count:  # one line per GPU; the count rarely changes, so relayout only then
             self._count = len(gpus)
             self.styles.height = min(10, 2 + len(gpus))
-        names = {str(g.get("name", "")) for g in gpus}
+        names = {g.name for g in gpus}
         if len(names) == 1 and "" not in names:
             self.border_title = f"GPU · {escape(names.pop())}"
-        lines = []
-        for i, g in enumerate(gpus):
-            parts = [f"{g.get('index', i)}"]
-            util = g.get("util")
-            if util is not None:
-                parts.append(f"util [b]{util:3.0f}%[/]")
-            used, total = g.get("mem_used"), g.get("mem_total")
-            if used is not None and total:
-                parts.append(f"mem [b]{used / 1024:.1f}[/]/{total / 1024:.0f} GiB")
-            power = g.get("power")
-            if power is not None:
-                parts.append(f"{power:.0f} W")
-            lines.append("  ".join(parts))
-        self.query_one("#gpu-text", Field).set("\n".join(lines))
+        self.query_one("#gpu-text", Field).set("\n".join(gpu_line(g) for g in gpus))
+
+
+def gpu_line(g: GpuSample) -> str:
+    """index, utilisation, memory used/total, power; what NVML could not say is left out."""
+    parts = [str(g.index)]
+    if g.util_pct is not None:
+        parts.append(f"util [b]{g.util_pct:3.0f}%[/]")
+    if g.mem_used_mib is not None and g.mem_total_mib:
+        parts.append(f"mem [b]{g.mem_used_mib / 1024:.1f}[/]/{g.mem_total_mib / 1024:.0f} GiB")
+    if g.power_w is not None:
+        parts.append(f"{g.power_w:.0f} W")
+    return "  ".join(parts)
 
 
 class LogPanel(Vertical):
@@ -397,7 +419,3 @@ class LogPanel(Vertical):
         if state:
             self.border_title = f"vLLM log ({state})"
         self.query_one("#log-text", Field).set("\n".join(escape(line) for line in lines))
-
-
-def monotonic() -> float:
-    return time.monotonic()

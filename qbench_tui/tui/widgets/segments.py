@@ -1,10 +1,12 @@
-"""Live results table: one row per concurrency level visited, cells updated in place."""
+"""Live results table: one row per concurrency level visited, cells updated in place; under it the knee verdict."""
 from __future__ import annotations
 
+from textual.markup import escape
 from textual.widgets import DataTable
 
 from qbench_tui.engine.snapshot import SegmentRow
 from qbench_tui.tui.widgets.fmt import dur, num, pct
+from qbench_tui.tui.widgets.panels import Field
 
 COLUMNS = (
     ("seg", "#"),
@@ -80,3 +82,22 @@ class SegmentTable(DataTable):
             del self._rows[gone]
         if added:
             self.scroll_end(animate=False)
+
+
+class KneeLine(Field):
+    """The live saturation verdict (Snapshot.knee) over the current server config's levels; hidden until the
+    engine has two levels to compare."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__("", **kw)
+        self.display = False
+
+    def show(self, knee: str) -> None:
+        if bool(knee) != self.display:  # a display change relayouts: only when it flips
+            self.display = bool(knee)
+        if not knee:
+            return
+        colour = "$warning" if knee.startswith("saturated") else (
+            "$success" if knee.startswith("no saturation") else "$text-muted")
+        self.set(f"[b {colour}]knee[/] {escape(knee)}")
+        self.tooltip = knee

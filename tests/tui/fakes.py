@@ -1,6 +1,11 @@
-"""Stand-ins for the engine process and a launched server, for tests, snapshots and bench/ui_cpu.py.
+"""Test doubles for the dashboard: the engine process (FakeEngine, an EngineLink) and a launched server
+(FakeServer, a ServerHandle), used by tests/tui, the SVG snapshots and bench/ui_cpu.py.
 
-`FakeEngine` implements EngineLink. It records every Command in `sent` and answers with Snapshots:
+Both speak the real types only (EngineStatus, GpuSample, ServerState, the Command dataclasses): a double that
+invents its own field names lets a real producer and its consumer drift apart while every test passes.
+
+`FakeEngine` records every Command in `sent` and answers with Snapshots that acknowledge the commands it applied
+(`ack`); `hold()` keeps commands unapplied until `release()`, as a busy engine would:
 
 * fixed mode (default): one scripted Snapshot (``sample_snapshot()`` unless given), re-emitted only when a
   command changed what it shows (target, paused, saved paths). Numbers never move, so SVG snapshots are stable.
@@ -14,13 +19,16 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
 
 from qbench_tui.engine.snapshot import (
     Command,
+    EngineStatus,
     LatencyView,
     Pause,
     ResetWindow,
@@ -33,7 +41,8 @@ from qbench_tui.engine.snapshot import (
     Snapshot,
     Stop,
 )
-from qbench_tui.server.handle import Phase
+from qbench_tui.server.gpu import GpuSample
+from qbench_tui.server.handle import Phase, ServerState
 
 _EDGES = tuple(round(0.005 * (1.35**i), 6) for i in range(25))  # 5 ms .. ~7 s, log-spaced
 
@@ -92,16 +101,10 @@ def sample_snapshot(*, simulated: bool = False, schema: str = "v1", gpu: bool = 
             gen_tok_s=3301.4,
             prompt_tok_s=8200.0,
             kv_history=kv_hist,
-            running_history=tuple(float(min(64, 4 * i)) for i in range(60)),
-            waiting_history=tuple(float(i % 4) for i in range(60)),
             num_gpu_blocks=9000,
             block_size=16,
-            gpu=(
-                {"index": 0, "name": "NVIDIA H200", "util": 97.0, "mem_used": 120_000.0, "mem_total": 143_771.0,
-                 "power": 612.0},
-            )
-            if gpu
-            else (),
+            gpu=(GpuSample(index=0, name="NVIDIA H200", util_pct=97.0, mem_used_mib=120_000.0,
+                           mem_total_mib=143_771.0, power_w=612.0),) if gpu else (),
         )
     segs = (
         SegmentRow(1, 8, 30.0, 240, 0, 8.0, 1010.2, 0.98, 0.041, 0.090, 0.0121, 0.40, 1015.0, 0.11, 0.0, 0.0),
@@ -110,7 +113,7 @@ def sample_snapshot(*, simulated: bool = False, schema: str = "v1", gpu: bool = 
     )
     return Snapshot(
         t=81.5,
-        status="running",
+        status=EngineStatus.RUNNING,
         target_concurrency=64,
         in_flight=63,
         segment=3,
@@ -120,7 +123,6 @@ def sample_snapshot(*, simulated: bool = False, schema: str = "v1", gpu: bool = 
         completed_total=1920,
         failed_total=5,
         tok_s_history=tok_hist,
-        req_s_history=tuple(v / 74.0 for v in tok_hist),
         ttft=_view(8.0, 2.0, 960),
         itl=_view(2.5, 1.2, 90_000),
         e2el=_view(17.0, 1.5, 960),
@@ -155,9 +157,14 @@ class FakeEngine:
         self.sent: list[Command] = []
         self.closed = False
         self.polls = 0
+        self.ack = 0  # seq of the last command applied, echoed in every Snapshot
+        self.applied = 0  # commands applied (a test may send unnumbered ones)
+        self._held: list[Command] | None = None  # while held: received, not yet applied
+        self._levels = 0  # SetConcurrency/RunLevel applied: each opens a segment
+        self._stopped = False
         # fixed mode starts from the scripted numbers; evolving mode from an idle engine, like the real one
         self.target = 0 if evolve else self.base.target_concurrency
-        self.paused = self.base.status == "paused"
+        self.paused = self.base.status == EngineStatus.PAUSED
         self.saved: tuple[str, ...] = ()
         self._dirty = True
         self._t0 = clock()
@@ -165,7 +172,6 @@ class FakeEngine:
         self._step = 0
         self._in_flight = 0.0 if evolve else float(self.base.in_flight)
         self._tok_hist: deque[float] = deque(maxlen=history)
-        self._req_hist: deque[float] = deque(maxlen=history)
         self._kv_hist: deque[float] = deque(maxlen=history)
         self._segments: list[SegmentRow] = [] if evolve else list(self.base.segments)
         self._seg_start = 0.0
@@ -178,6 +184,24 @@ class FakeEngine:
         if self.closed:
             raise RuntimeError("FakeEngine: send after close")
         self.sent.append(cmd)
+        if self._held is not None:
+            self._held.append(cmd)
+            self._dirty = True  # snapshots go on, showing the state from before these commands
+            return
+        self._apply(cmd)
+
+    def hold(self) -> None:
+        """From now on commands are received but not applied (nor acknowledged) until release()."""
+        self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for cmd in held:
+            self._apply(cmd)
+
+    def _apply(self, cmd: Command) -> None:
+        self.ack = max(self.ack, cmd.seq)
+        self.applied += 1
         if isinstance(cmd, SetConcurrency):
             self.target = cmd.n
             self._new_segment()
@@ -194,7 +218,7 @@ class FakeEngine:
             out = cmd.out_dir
             self.saved = (os.path.join(out, "qbench_fake.txt"), os.path.join(out, "qbench_fake.json"))
         elif isinstance(cmd, Stop):
-            self.paused = True
+            self.paused = self._stopped = True
         self._dirty = True
 
     def poll(self) -> Snapshot | None:
@@ -217,36 +241,36 @@ class FakeEngine:
 
     # ------------------------------------------------------------------ helpers
     def push(self, snapshot: Snapshot) -> None:
-        """Fixed mode: make `snapshot` the scripted one; the next poll returns it (with command effects)."""
+        """Fixed mode: make `snapshot` the scripted one; the next poll returns it (with command effects). Its
+        target and status become the engine's, as if something other than this face had moved them."""
         self.base = snapshot
         self.target = snapshot.target_concurrency
-        self.paused = snapshot.status == "paused"
+        self.paused = snapshot.status == EngineStatus.PAUSED
         self._dirty = True
 
     def commands(self, kind: type) -> list[Command]:
         return [c for c in self.sent if isinstance(c, kind)]
 
-    def _status(self) -> str:
-        if any(isinstance(c, Stop) for c in self.sent):
-            return "stopped"
-        return "paused" if self.paused else "running"
+    def _status(self) -> EngineStatus:
+        if self._stopped:
+            return EngineStatus.STOPPED
+        return EngineStatus.PAUSED if self.paused else EngineStatus.RUNNING
 
     def _fixed(self) -> Snapshot:
         b = self.base
         return replace(
             b,
-            status=self._status() if self.sent else b.status,
+            status=self._status() if self.applied else b.status,
             target_concurrency=self.target,
             in_flight=0 if self.paused else min(self.target, b.in_flight),
-            segment=b.segment + len(self.commands(SetConcurrency)),
+            segment=b.segment + self._levels,
             saved=self.saved,
+            ack=self.ack,
         )
 
     def _new_segment(self) -> None:
-        if not self.evolve:
-            return
-        now = self.clock() - self._t0
-        self._seg_start = now
+        self._levels += 1
+        self._seg_start = self.clock() - self._t0
 
     def _evolved(self, now: float) -> Snapshot:
         self._step += 1
@@ -260,13 +284,12 @@ class FakeEngine:
         req_s = tok_s / 110.0
         if k % 4 == 0:  # one history point per second
             self._tok_hist.append(round(tok_s, 1))
-            self._req_hist.append(round(req_s, 2))
             self._kv_hist.append(round(min(1.0, inflight / 90.0) * (0.95 + 0.05 * math.sin(k / 7.0)), 3))
         self._completed += int(round(req_s * self.period))
         if k % 40 == 0:
             self._failed += 1
         level_scale = 1.0 + inflight / 32.0
-        seg_no = len(self.commands(SetConcurrency)) + len(self.commands(RunLevel))
+        seg_no = self._levels
         row = SegmentRow(
             segment=seg_no,
             concurrency=self.target,
@@ -302,7 +325,6 @@ class FakeEngine:
             completed_total=self._completed,
             failed_total=self._failed,
             tok_s_history=tuple(self._tok_hist),
-            req_s_history=tuple(self._req_hist),
             ttft=_view(6.0 + shift + 0.3 * math.sin(k / 5.0), 1.8, max(1, int(req_s * 30))),
             itl=_view(2.0 + shift / 3 + 0.2 * math.sin(k / 4.0), 1.0, max(1, int(tok_s * 30))),
             e2el=_view(15.0 + shift + 0.3 * math.sin(k / 6.0), 1.4, max(1, int(req_s * 30))),
@@ -318,40 +340,46 @@ class FakeEngine:
                 num_waiting=float(max(0, inflight - 60)),
                 gen_tok_s=round(tok_s * 1.01, 1),
                 kv_history=tuple(self._kv_hist),
-                running_history=tuple(float(inflight) for _ in range(min(60, len(self._kv_hist)))),
             ),
             segments=tuple(self._segments),
             records_path="results/requests.jsonl",
             simulated=self.base.simulated,
             saved=self.saved,
+            ack=self.ack,
         )
 
 
-@dataclass
 class FakeServer:
-    """ServerHandle stand-in whose state tests move by hand (`advance`, `fail`)."""
+    """ServerHandle whose state tests move by hand (`advance`, `fail`). Satisfies the whole protocol
+    (tests/server/test_handle_protocol.py): `restart()` refuses unless `restartable`, as the simulator's does, and
+    `wait_ready()` blocks until a test moves the state, as a real launch does."""
 
-    url: str = "http://127.0.0.1:8000"
-    command_line: str = "vllm serve Qwen/Qwen2.5-14B-Instruct-AWQ --port 8000"
-    _state: str = "starting"
-    _returncode: int | None = None
-    _error: str = ""
-    _phases: list[Phase] = field(default_factory=lambda: [Phase("process started", 0.0)])
-    _log: list[str] = field(default_factory=lambda: ["INFO starting vLLM API server"])
-    _kv_tokens: int | None = None
-    _max_conc: float | None = None
-    stopped: int = 0
-    restartable: bool = False  # only then does it have restart() (a launched server); tests opt in
-    config_label: str = ""
-    restarts: list[dict] = field(default_factory=list)
+    def __init__(self, *, state: str = "starting", restartable: bool = False, config_label: str = "",
+                 url: str = "http://127.0.0.1:8000",
+                 command_line: str = "vllm serve Qwen/Qwen2.5-14B-Instruct-AWQ --port 8000") -> None:
+        self.url = url
+        self.command_line = command_line
+        self._restartable = restartable
+        self._config_label = config_label
+        self._state = ServerState(state)
+        self._changed = threading.Condition()  # wait_ready runs in a worker thread; tests move state on the loop
+        self._returncode: int | None = None
+        self._error = ""
+        self._phases: list[Phase] = [Phase("process started", 0.0)]
+        self._log: list[str] = ["INFO starting vLLM API server"]
+        self._kv_tokens: int | None = None
+        self._max_conc: float | None = None
+        self.stopped = 0
+        self.restarts: list[dict] = []
 
-    def __getattr__(self, name: str):
-        if name == "restart" and self.restartable:
-            return self._restart
-        raise AttributeError(name)
+    def _set_state(self, state: ServerState) -> None:
+        with self._changed:
+            self._state = state
+            self._changed.notify_all()
 
+    # ------------------------------------------------------------------ ServerHandle
     @property
-    def state(self) -> str:
+    def state(self) -> ServerState:
         return self._state
 
     @property
@@ -362,11 +390,19 @@ class FakeServer:
     def error(self) -> str:
         return self._error
 
+    @property
+    def config_label(self) -> str:
+        return self._config_label
+
+    @property
+    def restartable(self) -> bool:
+        return self._restartable
+
     def phases(self) -> list[Phase]:
         return list(self._phases)
 
     def log_tail(self, n: int = 40) -> list[str]:
-        return self._log[-n:]
+        return self._log[-n:] if n > 0 else []
 
     def kv_cache_tokens(self) -> int | None:
         return self._kv_tokens
@@ -374,19 +410,37 @@ class FakeServer:
     def max_concurrency(self) -> float | None:
         return self._max_conc
 
-    def stop(self) -> None:
-        self.stopped += 1
-        if self._state in ("starting", "ready"):
-            self._state = "stopped"
+    def alive(self) -> bool:
+        return self._state in (ServerState.STARTING, ServerState.READY)
 
-    def _restart(self, overrides: dict) -> None:
+    def wait_ready(self, timeout: float | None = None, on_phase: Callable[[Phase], None] | None = None) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._state is not ServerState.STARTING,
+                                          30.0 if timeout is None else timeout):
+                raise TimeoutError("FakeServer: still starting")
+        if self._state is not ServerState.READY:
+            raise RuntimeError(f"FakeServer: {self._state} {self._error}".strip())
+        if on_phase is not None:
+            for ph in self._phases:
+                on_phase(ph)
+
+    def restart(self, overrides: Mapping[str, Any]) -> None:
         """Like LaunchedServer.restart: stop, take the flags, start again (tests call advance() for ready)."""
+        if not self._restartable:
+            raise RuntimeError("FakeServer: not restartable")
         self.restarts.append(dict(overrides))
         self.stop()
-        self.config_label = " ".join(f"{k}={v}" for k, v in overrides.items())
+        self._config_label = " ".join(f"{k}={v}" for k, v in overrides.items())
         self._phases = [Phase("process started", 0.0)]
-        self._log.append(f"INFO restarting with {self.config_label}")
-        self._state = "starting"
+        self._log.append(f"INFO restarting with {self._config_label}")
+        self._returncode = None
+        self._set_state(ServerState.STARTING)
+
+    def stop(self) -> None:
+        self.stopped += 1
+        if self._state in (ServerState.STARTING, ServerState.READY):
+            self._returncode = 0  # as a process that exits cleanly on SIGINT
+            self._set_state(ServerState.STOPPED)
 
     # ------------------------------------------------------------------ test controls
     def add_phase(self, name: str, at: float, detail: str = "", log: str = "") -> None:
@@ -402,10 +456,10 @@ class FakeServer:
         self.add_phase("KV cache", 20.0, f"KV cache {kv_tokens:,} tokens, max concurrency {max_conc}x",
                        log=f"INFO GPU KV cache size: {kv_tokens:,} tokens")
         self.add_phase("ready", 31.0, log="INFO Application startup complete.")
-        self._state = "ready"
+        self._set_state(ServerState.READY)
 
     def fail(self, returncode: int = 1, error: str = "CUDA out of memory") -> None:
         self._log.append(f"ERROR torch.OutOfMemoryError: {error}")
-        self._state = "failed"
         self._returncode = returncode
         self._error = error
+        self._set_state(ServerState.FAILED)

@@ -1,0 +1,207 @@
+"""One measured level, typed: what `qbench run --json` prints, each entry of a results file's "levels", and what
+the live segment table, the knee and the report read.
+
+`to_json()` writes the `vllm bench serve --save-result` keys plus ours, exactly as users' scripts read them
+(tests/engine/test_result_keys.py freezes the key sets). Inside, times are seconds (`_s`); milliseconds exist only
+in the JSON, so nothing converts ms back to s. `from_json()` reads a saved level back (reports, comparisons).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .server_series import ServerSeries
+
+LATENCIES = ("ttft", "tpot", "itl", "e2el")
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else v * 1000.0
+
+
+def _s(v: float | None) -> float | None:
+    return None if v is None else v / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """One latency distribution over a level, in seconds (None where there were no values)."""
+
+    mean_s: float | None = None
+    p50_s: float | None = None
+    p90_s: float | None = None
+    p99_s: float | None = None
+
+    def to_json(self, name: str) -> dict[str, float | None]:
+        return {f"mean_{name}_ms": _ms(self.mean_s), f"median_{name}_ms": _ms(self.p50_s),
+                f"p90_{name}_ms": _ms(self.p90_s), f"p99_{name}_ms": _ms(self.p99_s)}
+
+    @classmethod
+    def from_json(cls, d: dict, name: str) -> Latency:
+        return cls(_s(d.get(f"mean_{name}_ms")), _s(d.get(f"median_{name}_ms")), _s(d.get(f"p90_{name}_ms")),
+                   _s(d.get(f"p99_{name}_ms")))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLevel:
+    """The server's side of one level, from its /metrics: counter deltas and gauge maxima over the level."""
+
+    generation_tokens: float | None = None
+    prompt_tokens: float | None = None
+    prefix_cache_queries: float | None = None  # tokens
+    prefix_cache_hits: float | None = None
+    prefix_cache_hit_rate: float | None = None  # 0..1, token weighted; None without queries
+    max_kv_cache_usage: float | None = None  # 0..1
+    preemptions: float | None = None
+    max_running: float | None = None
+    max_waiting: float | None = None
+    num_gpu_blocks: float | None = None
+    mean_ttft_s: float | None = None  # the server's own TTFT: arrival in its handler -> first token out
+    mean_queue_s: float | None = None  # time spent waiting before the scheduler ran the request
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generation_tokens": self.generation_tokens, "prompt_tokens": self.prompt_tokens,
+            "prefix_cache_queries": self.prefix_cache_queries, "prefix_cache_hits": self.prefix_cache_hits,
+            "prefix_cache_hit_rate": self.prefix_cache_hit_rate, "max_kv_cache_usage": self.max_kv_cache_usage,
+            "preemptions": self.preemptions, "max_running": self.max_running, "max_waiting": self.max_waiting,
+            "num_gpu_blocks": self.num_gpu_blocks, "mean_ttft_ms": _ms(self.mean_ttft_s),
+            "mean_queue_ms": _ms(self.mean_queue_s),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> ServerLevel | None:
+        if d is None:
+            return None
+        names = ("generation_tokens", "prompt_tokens", "prefix_cache_queries", "prefix_cache_hits",
+                 "prefix_cache_hit_rate", "max_kv_cache_usage", "preemptions", "max_running", "max_waiting",
+                 "num_gpu_blocks")
+        return cls(**{k: d.get(k) for k in names}, mean_ttft_s=_s(d.get("mean_ttft_ms")),
+                   mean_queue_s=_s(d.get("mean_queue_ms")))
+
+
+def server_level(series: ServerSeries, since: float | None = None, until: float | None = None) -> ServerLevel | None:
+    """The one way to get a level's server stats: the samples of `series` taken in [since, until] (monotonic
+    clock; None = open ended), with the series' reset-aware deltas. None when the server has no vLLM metrics at
+    all; a window no scrape fell into (a level shorter than the scrape period) gives None values."""
+    win = ServerSeries(maxlen=max(1, len(series)))
+    seen = False
+    for s in series:
+        if s.schema == "none":
+            continue
+        seen = True
+        if (since is None or s.t >= since) and (until is None or s.t <= until):
+            win.add(s)
+    if not seen:
+        return None
+    last = win.latest()
+    return ServerLevel(
+        generation_tokens=win.delta("generation_tokens"), prompt_tokens=win.delta("prompt_tokens"),
+        prefix_cache_queries=win.delta("prefix_cache_queries"), prefix_cache_hits=win.delta("prefix_cache_hits"),
+        prefix_cache_hit_rate=win.hit_rate(), max_kv_cache_usage=win.max("kv_cache_usage"),
+        preemptions=win.delta("num_preemptions"), max_running=win.max("num_running"),
+        max_waiting=win.max("num_waiting"), num_gpu_blocks=last.num_gpu_blocks if last else None,
+        mean_ttft_s=win.mean("ttft"), mean_queue_s=win.mean("queue_time"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLevel:
+    """The load engine's own cost over one level: past ~85% of a core or tens of ms of event-loop lag, the client,
+    not the server, may be what set the pace (and client-side ITL is suspect)."""
+
+    cpu_pct: float | None = None  # process CPU, % of one core, over the level
+    loop_lag_ms: float | None = None  # each second's worst event-loop lag, averaged over the level's seconds
+    max_loop_lag_ms: float | None = None  # the worst second
+
+    def to_json(self) -> dict[str, float | None]:
+        return {"cpu_pct": self.cpu_pct, "loop_lag_ms": self.loop_lag_ms, "max_loop_lag_ms": self.max_loop_lag_ms}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> ClientLevel | None:
+        if d is None:
+            return None
+        return cls(d.get("cpu_pct"), d.get("loop_lag_ms"), d.get("max_loop_lag_ms"))
+
+
+@dataclass(slots=True)
+class LevelResult:
+    """One level. Throughputs are per second of `duration_s` (requests, output tokens, input + output tokens);
+    None where the duration is zero. Failed requests count in `failed` and `failures` only."""
+
+    completed: int = 0
+    failed: int = 0
+    duration_s: float = 0.0
+    total_input_tokens: int = 0
+    total_output_tokens: int = 0
+    request_throughput: float | None = None
+    output_throughput: float | None = None
+    total_token_throughput: float | None = None
+    max_concurrency: int | None = None
+    ttft: Latency = field(default_factory=Latency)
+    tpot: Latency = field(default_factory=Latency)
+    itl: Latency = field(default_factory=Latency)
+    e2el: Latency = field(default_factory=Latency)
+    failures: dict[str, int] = field(default_factory=dict)  # reason -> count, most frequent first
+    tokens_estimated: int = 0  # requests whose token counts were estimated (no usage from the server)
+    # where the level came from: headless ("wave" | "steady") or a live segment ("live")
+    mode: str | None = None
+    window_requests: int | None = None  # timed steady level: requests that ended inside the measurement window
+    segment: int | None = None  # live only
+    server: ServerLevel | None = None
+    server_metrics: str | None = None  # headless: the /metrics schema, or why there are no server stats
+    server_config: str = ""  # live: the launched server's flags while the segment ran ("" when not known)
+    client: ClientLevel | None = None
+
+    @property
+    def avg_latency_s(self) -> float | None:
+        return self.e2el.mean_s
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "completed": self.completed,
+            "failed": self.failed,
+            "duration": self.duration_s,
+            "total_input_tokens": self.total_input_tokens,
+            "total_output_tokens": self.total_output_tokens,
+            "request_throughput": self.request_throughput,
+            "output_throughput": self.output_throughput,
+            "total_token_throughput": self.total_token_throughput,
+            "max_concurrency": self.max_concurrency,
+        }
+        for name in LATENCIES:
+            d.update(getattr(self, name).to_json(name))
+        d["total_time_s"] = self.duration_s
+        d["avg_latency_s"] = self.avg_latency_s
+        d["failures"] = dict(self.failures)
+        d["tokens_estimated"] = self.tokens_estimated
+        if self.window_requests is not None:
+            d["window_requests"] = self.window_requests
+        if self.segment is not None:
+            d["segment"] = self.segment
+        d["mode"] = self.mode
+        d["server"] = None if self.server is None else self.server.to_json()
+        if self.server_metrics is not None:
+            d["server_metrics"] = self.server_metrics
+        if self.server_config:
+            d["server_config"] = self.server_config
+        if self.client is not None:
+            d["client"] = self.client.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> LevelResult:
+        """A saved level back; keys a file lacks (older files, other writers) read as their defaults."""
+        return cls(
+            completed=d.get("completed") or 0, failed=d.get("failed") or 0,
+            duration_s=d.get("duration", d.get("total_time_s")) or 0.0,
+            total_input_tokens=d.get("total_input_tokens") or 0,
+            total_output_tokens=d.get("total_output_tokens") or 0,
+            request_throughput=d.get("request_throughput"), output_throughput=d.get("output_throughput"),
+            total_token_throughput=d.get("total_token_throughput"), max_concurrency=d.get("max_concurrency"),
+            **{name: Latency.from_json(d, name) for name in LATENCIES},
+            failures=dict(d.get("failures") or {}), tokens_estimated=d.get("tokens_estimated") or 0,
+            mode=d.get("mode"), window_requests=d.get("window_requests"), segment=d.get("segment"),
+            server=ServerLevel.from_json(d.get("server")), server_metrics=d.get("server_metrics"),
+            server_config=d.get("server_config") or "", client=ClientLevel.from_json(d.get("client")),
+        )

@@ -1,0 +1,65 @@
+"""What the control bar shows for target concurrency and pause: the engine owns both.
+
+The face numbers every command it sends (`seq`); each Snapshot names the last one the engine applied (`ack`).
+Until the engine has applied a command, the face shows what it asked for (a key press must show at once, and the
+engine answers only at its next 4 Hz snapshot); from then on it shows what the engine says, whatever moved it.
+No clock: a slow engine never has its state overruled by a timeout, and a quick one never flickers back.
+No Textual here, so the rule is tested as plain data.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from qbench_tui.engine.snapshot import (
+    Command,
+    EngineStatus,
+    Pause,
+    Resume,
+    SetConcurrency,
+    Snapshot,
+    clamp_concurrency,
+)
+
+
+class LiveControl:
+    def __init__(self, target: int, paused: bool) -> None:
+        # before the first snapshot the engine has said nothing: what the face will ask for is all there is
+        self._engine_target = clamp_concurrency(target)
+        self._engine_paused = paused
+        self._seq = 0
+        self._target: tuple[int, int] | None = None  # (value, seq) asked for and not yet applied
+        self._paused: tuple[bool, int] | None = None
+
+    @property
+    def target(self) -> int:
+        return self._target[0] if self._target is not None else self._engine_target
+
+    @property
+    def paused(self) -> bool:
+        return self._paused[0] if self._paused is not None else self._engine_paused
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def pending(self) -> bool:
+        return self._target is not None or self._paused is not None
+
+    def stamp(self, cmd: Command) -> Command:
+        """Number a command about to be sent, and remember what it asks for until the engine applies it."""
+        self._seq += 1
+        cmd = replace(cmd, seq=self._seq)
+        if isinstance(cmd, SetConcurrency):
+            self._target = (clamp_concurrency(cmd.n), self._seq)
+        elif isinstance(cmd, (Pause, Resume)):
+            self._paused = (isinstance(cmd, Pause), self._seq)
+        return cmd
+
+    def seen(self, snap: Snapshot) -> None:
+        self._engine_target = snap.target_concurrency
+        self._engine_paused = snap.status == EngineStatus.PAUSED
+        if self._target is not None and snap.ack >= self._target[1]:
+            self._target = None
+        if self._paused is not None and snap.ack >= self._paused[1]:
+            self._paused = None
