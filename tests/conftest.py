@@ -1,4 +1,4 @@
-"""Shared fixtures: a real simulator process on a free 127.0.0.1 port (see qbench_tui.live.SimServer)."""
+"""Shared fixtures: a real simulator process on a free 127.0.0.1 port (see qbench_tui.server.sim_child.SimServer)."""
 from __future__ import annotations
 
 import os

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..report.files import RunMeta, result_basename, write_results
 from ..server.gpu import GpuSample, sample_gpus
-from ..sweep import Knee, find_knee
+from .knee import Knee, find_knee
 from .load import LoadEngine
 from .metrics_parse import ServerSample
 from .prompts import describe_source, make_prompt_source

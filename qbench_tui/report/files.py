@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..engine.knee import Knee
     from ..engine.result import LevelResult
-    from ..sweep import Knee
 
 SCHEMA_VERSION = 1
 TABLE_HEADER = ("Concurrency", "Total Time (s)", "Avg Latency (s)", "Requests/sec", "Tokens/sec")

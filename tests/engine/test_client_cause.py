@@ -7,12 +7,12 @@ import time
 
 import httpx
 
+from qbench_tui.engine.knee import CLIENT_LAG_MS, explain, find_knee
 from qbench_tui.engine.prompts import make_prompt_source
 from qbench_tui.engine.records import RequestSpec
 from qbench_tui.engine.session import EngineSession, SessionConfig
 from qbench_tui.engine.snapshot import SetConcurrency, Stop
 from qbench_tui.headless import LevelPlan, run_plan
-from qbench_tui.sweep import CLIENT_LAG_MS, explain, find_knee
 from tests.fakes.scripted_sse import Scenario, ScriptedSSEServer
 
 BLOCK_S = 0.12  # each slice holds the loop this long: a 50 ms lag probe wakes up to 120 ms late

@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from qbench_tui.engine.knee import Knee
 from qbench_tui.engine.process import EngineProcess
 from qbench_tui.engine.records import RequestSpec
 from qbench_tui.engine.result import LevelResult
 from qbench_tui.engine.session import SessionConfig
 from qbench_tui.engine.snapshot import RunLevel, Save
-from qbench_tui.sweep import Knee
 from tests.conftest import run_qbench
 
 LATENCY_KEYS = {f"{s}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for s in ("mean", "median", "p90", "p99")}

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from qbench_tui.engine.knee import Knee, find_knee
 from qbench_tui.engine.result import ClientLevel, Latency, LevelResult, ServerLevel
-from qbench_tui.sweep import Knee, find_knee
 
 
 def lv(c, tput, lat, **server):

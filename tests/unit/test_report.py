@@ -3,10 +3,10 @@ from __future__ import annotations
 import json
 import re
 
+from qbench_tui.engine.knee import Knee
 from qbench_tui.engine.result import Latency, LevelResult, ServerLevel
 from qbench_tui.report.bench_block import bench_block
 from qbench_tui.report.files import RunMeta, classic_table, render_txt, result_basename, write_results
-from qbench_tui.sweep import Knee
 
 
 def level(c, tput):

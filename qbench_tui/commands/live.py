@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import threading
 
-from .server.sim_child import SimServer
+from .common import Usage, add_load, add_target, config_from
 
 
 def _engine_factory(args, cfg, url_fn, api_key, simulated: bool, server_label: str = ""):
     def factory():
         import asyncio
 
-        from .engine.process import EngineProcess
-        from .engine.records import RequestSpec
-        from .engine.session import SessionConfig
-        from .headless import discover
+        from ..engine.process import EngineProcess
+        from ..engine.records import RequestSpec
+        from ..engine.session import SessionConfig
+        from ..headless import discover
 
         url = url_fn().rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -36,15 +36,13 @@ def _engine_factory(args, cfg, url_fn, api_key, simulated: bool, server_label: s
 
 
 def _cfg(args: argparse.Namespace):
-    from .cli import _config_from
-
     extra = {"sweep.out": getattr(args, "out", None), "load.window_s": getattr(args, "window", None),
              "load.concurrency": getattr(args, "concurrency", None)}
-    return _config_from(args, extra)
+    return config_from(args, extra)
 
 
 def _run_app(factory, server, cfg, args, simulated: bool, title: str) -> int:
-    from .tui.app import QBenchApp
+    from ..tui.app import QBenchApp
 
     app = QBenchApp(factory, server=server, title=title, simulated=simulated, out_dir=cfg.sweep.out,
                     start_concurrency=cfg.load.concurrency, start_paused=bool(getattr(args, "paused", False)))
@@ -60,10 +58,12 @@ def _run_app(factory, server, cfg, args, simulated: bool, title: str) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .config import resolve_api_key
+    from ..config import resolve_api_key
 
     cfg = _cfg(args)
     api_key, _ = resolve_api_key(getattr(args, "api_key", None))
+    from ..server.sim_child import SimServer
+
     sim = SimServer(args.profile)
     sim.start()
     factory = _engine_factory(args, cfg, lambda: sim.url, api_key, simulated=True,
@@ -72,8 +72,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_tui(args: argparse.Namespace) -> int:
-    from .cli import Usage
-    from .config import resolve_api_key
+    from ..config import resolve_api_key
 
     cfg = _cfg(args)
     api_key, _ = resolve_api_key(getattr(args, "api_key", None))
@@ -81,12 +80,14 @@ def run_tui(args: argparse.Namespace) -> int:
     if len(given) > 1:
         raise Usage("give one of --url, --launch or --sim")
     if getattr(args, "sim", None):
+        from ..server.sim_child import SimServer
+
         sim = SimServer(args.sim)
         sim.start()
         factory = _engine_factory(args, cfg, lambda: sim.url, api_key, True, f"simulator profile {args.sim}")
         return _run_app(factory, sim, cfg, args, True, f"qbench — SIMULATED vLLM ({args.sim})")
     if getattr(args, "launch", None):
-        from .server.launcher import LaunchedServer, LaunchError
+        from ..server.launcher import LaunchedServer, LaunchError
 
         server = LaunchedServer(cfg.server, cfg.sweep.out)
         try:
@@ -109,3 +110,18 @@ def run_tui(args: argparse.Namespace) -> int:
         raise Usage("no server: give --url URL, --launch CONFIG or --sim PROFILE (or run `qbench demo`)")
     factory = _engine_factory(args, cfg, lambda: url, api_key, False)
     return _run_app(factory, None, cfg, args, False, f"qbench — {url}")
+
+
+def add_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
+    if demo:
+        p.add_argument("--profile", default="qwen2.5-14b-awq-32gb", help="simulator profile")
+        p.add_argument("--config", metavar="FILE")
+        p.add_argument("--api-key")
+    else:
+        add_target(p)
+        p.add_argument("--sim", metavar="PROFILE", help="start the simulator with PROFILE and attach to it")
+    p.add_argument("--concurrency", "-c", type=int, help="starting concurrency")
+    p.add_argument("--paused", action="store_true", help="start with the load paused")
+    p.add_argument("--out", metavar="DIR", help="results folder (default ./results)")
+    p.add_argument("--window", type=float, metavar="S", help="rolling window seconds (default 60)")
+    add_load(p)

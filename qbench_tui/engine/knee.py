@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .engine.result import ClientLevel, LevelResult, ServerLevel
+from .result import ClientLevel, LevelResult, ServerLevel
 
 KNEE_SHARE = 0.90  # the knee: the first level within 90% of the peak throughput
 ELASTICITY_FLOOR = 0.25  # throughput grew by < 25% of what proportional scaling would give

@@ -1,0 +1,49 @@
+"""`qbench probe`: one look at a server (version, models, KV/prefix cache, queue, preemptions)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    err,
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..config import resolve_api_key
+    from ..engine.server_poll import ServerUnreachable, probe
+
+    api_key, _ = resolve_api_key(args.api_key)
+    try:
+        d = asyncio.run(probe(args.url.rstrip("/"), api_key))
+    except ServerUnreachable as e:
+        err(str(e))
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return EXIT_OK
+    pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+    print(f"server        {args.url}")
+    print(f"vLLM version  {d.get('vllm_version') or 'unknown'}")
+    print(f"models        {', '.join(d.get('models') or []) or '-'}")
+    if d.get("metrics_schema") == "none":
+        print("metrics       no server metrics (not vLLM, or /metrics disabled)")
+        return EXIT_OK
+    print(f"metrics       schema {d['metrics_schema']}, {d.get('engines')} engine(s)")
+    print(f"KV cache      {pct(d.get('kv_cache_usage'))} used")
+    print(f"prefix cache  hit rate {pct(d.get('prefix_cache_hit_rate'))} "
+          f"({d.get('prefix_cache_hits')} / {d.get('prefix_cache_queries')} tokens, lifetime)")
+    print(f"requests      {d.get('num_requests_running')} running, {d.get('num_requests_waiting')} waiting, "
+          f"{d.get('num_preemptions')} preemptions")
+    print(f"tokens        {d.get('prompt_tokens')} prompt, {d.get('generation_tokens')} generated (lifetime)")
+    return EXIT_OK
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", required=True)
+    p.add_argument("--api-key")
+    p.add_argument("--json", action="store_true")
