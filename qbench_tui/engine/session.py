@@ -22,6 +22,7 @@ from .server_poll import MetricsPoller, fetch_info
 from .server_series import ServerSeries
 from .snapshot import (
     Command,
+    CurvePoint,
     EngineStatus,
     Pause,
     ResetWindow,
@@ -117,6 +118,8 @@ class EngineSession:
         self.rows: tuple[SegmentRow, ...] = ()
         self.knee = ""  # the verdict's summary, for Snapshot.knee
         self.knee_result: Knee | None = None
+        self.curve: tuple[CurvePoint, ...] = ()  # set with rows at 1 Hz; Snapshot.curve
+        self.auto_state = ""  # the live ladder's progress in words; Snapshot.auto
         self._client_sampled = 0.0  # perf_counter of the last client sample into the open segment
 
     # ------------------------------------------------------------ records and segments

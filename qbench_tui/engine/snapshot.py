@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from qbench_tui.engine.knee import Knee
 from qbench_tui.server.gpu import GpuSample
 
 MAX_CONCURRENCY = 4096
@@ -78,7 +79,29 @@ class ServerConfigChanged:
     seq: int = field(default=0, compare=False)
 
 
-Command = SetConcurrency | Pause | Resume | ResetWindow | RunLevel | Save | Stop | ServerConfigChanged
+@dataclass(frozen=True, slots=True)
+class AutoLadder:
+    """Find the knee by itself: a geometric ladder from `start`, then refinement between the last good level and the
+    first saturated one, each level held until steady, up to `max_concurrency` or `budget_s` seconds in all. `slo`
+    pairs use the results' names, in seconds: (("ttft_p99", 2.0), ("itl_p99", 0.1)). `hold`: stay at the knee after."""
+
+    start: int = 1
+    max_concurrency: int = 1024
+    budget_s: float = 900.0
+    slo: tuple[tuple[str, float], ...] = ()
+    hold: bool = False
+    seq: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StopAuto:
+    """Stop a running ladder, keeping every level it measured (the load stays at the current level)."""
+
+    seq: int = field(default=0, compare=False)
+
+
+Command = (SetConcurrency | Pause | Resume | ResetWindow | RunLevel | Save | Stop | ServerConfigChanged | AutoLadder
+           | StopAuto)
 
 # ---------------------------------------------------------------- snapshot pieces (engine -> face)
 
@@ -129,6 +152,9 @@ class ServerView:
     gen_tok_s: float | None = None  # server generation tokens/s over the window
     prompt_tok_s: float | None = None
     kv_history: tuple[float, ...] = ()  # one value per scrape, newest last (bounded)
+    running_history: tuple[float, ...] = ()  # same clock as kv_history
+    waiting_history: tuple[float, ...] = ()
+    gen_tok_s_history: tuple[float, ...] = ()  # server generation tokens/s between scrapes
     num_gpu_blocks: int | None = None  # from cache_config_info when present
     block_size: int | None = None
     # the server's own mean TTFT (its handler's arrival -> first token out) over the rolling window, from its
@@ -161,6 +187,21 @@ class SegmentRow:
 
 
 @dataclass(frozen=True, slots=True)
+class CurvePoint:
+    """One measured level on the throughput/latency-versus-concurrency curve (ladder and hand-made levels alike)."""
+
+    concurrency: int
+    tok_s: float
+    req_s: float
+    e2el_p50: float | None  # seconds
+    e2el_p99: float | None
+    ttft_p99: float | None
+    steady: bool = True  # False: the settle cap was hit before throughput was steady
+    auto: bool = False  # measured by the ladder
+    server_config: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     t: float  # seconds since the engine started
     status: EngineStatus
@@ -189,3 +230,7 @@ class Snapshot:
     saved: tuple[str, ...] = ()  # paths written by the latest Save (or on stop)
     knee: str = ""  # saturation verdict over the segments visited so far ("" until two levels exist)
     ack: int = 0  # seq of the last command the engine applied (0: none yet)
+    curve: tuple[CurvePoint, ...] = ()  # the current server config's measured levels, by concurrency
+    verdict: Knee | None = None  # the full verdict behind `knee`: cause, recommendations (None until two levels)
+    auto: str = ""  # the ladder's progress in words ("" when no ladder runs)
+    client_limited_why: str = ""  # why client_limited is set ("CPU 97% of a core", "event-loop lag 31 ms")
