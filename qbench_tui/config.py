@@ -7,11 +7,14 @@ what was expected; the CLI turns that into exit status 2 before anything starts.
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,8 +57,10 @@ class LoadConfig:
     temperature: float = 0.0
     concurrency: int = 8
     timeout: float = 600.0  # read stall that fails a request
-    window_s: float = 60.0
+    window_s: float = 5.0  # the live rolling rates: short, so a change shows within seconds (issue #11)
     max_error_rate: float = 1.0
+    ca_cert: str = ""  # PEM file of CAs to trust for an https:// server (with the system's)
+    insecure: bool = False  # https:// without checking the certificate
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,14 @@ class SweepConfig:
     requests: int = 0  # steady mode: requests per level
     warmup: float = 0.0
     out: str = "results"
+    # --auto: the ladder (engine/ladder.py) from `start` up to `max_concurrency` within `budget` seconds
+    auto: bool = False
+    start: int = 1
+    max_concurrency: int = 1024
+    budget: float = 900.0
+    slo: str = ""  # "ttft_p99=2s,itl_p99=100ms" (engine/slo.py); "" = none
+    hold: float = 0.0  # seconds to stay at the found level after the ladder (a demo or soak at the knee)
+    knee_share: float = 0.9  # the knee: the lowest level within this share of the peak throughput
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +90,8 @@ class Config:
     # ("load.max_tokens", "file:x.toml"), ... for every value not left at its default: origins, never values;
     # results files carry them as "config_sources" so a number can be traced to the flag or file that set it
     sources: tuple[tuple[str, str], ...] = ()
+    # what was accepted but changed on the way ("the base URL ... ends in /v1 ..."): printed once, on stderr
+    notes: tuple[str, ...] = ()
 
     def source(self, key: str) -> str:
         return dict(self.sources).get(key, "default")
@@ -116,13 +131,17 @@ def _coerce(where: str, key: str, ftype: str, value: Any) -> Any:
         if isinstance(value, bool):
             raise bad
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            f = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                f = float(value)
             except ValueError:
                 raise bad from None
-        raise bad
+        else:
+            raise bad
+        if not math.isfinite(f):  # TOML and float() both accept nan and inf; no setting means either
+            raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
+        return f
     if ftype == "str":
         if isinstance(value, str):
             return value
@@ -158,8 +177,9 @@ def _check_range(where: str, section: str, key: str, value: Any) -> None:
     if full in _ENUMS and value not in _ENUMS[full]:
         raise ConfigError(f"{where}: '{key}' must be one of {', '.join(_ENUMS[full])}, got {value!r}")
     positive = {"load.max_tokens", "sweep.levels", "server.port", "load.timeout", "load.window_s",
-                "server.startup_timeout"}
-    non_negative = {"load.concurrency", "load.prompt_len", "sweep.duration", "sweep.requests", "sweep.warmup"}
+                "server.startup_timeout", "sweep.start", "sweep.max_concurrency", "sweep.budget"}
+    non_negative = {"load.concurrency", "load.prompt_len", "sweep.duration", "sweep.requests", "sweep.warmup",
+                    "sweep.hold"}
     vals = value if isinstance(value, tuple) and full == "sweep.levels" else (value,)
     for v in vals:
         if full in positive and v <= 0:
@@ -174,8 +194,83 @@ def _check_range(where: str, section: str, key: str, value: Any) -> None:
         raise ConfigError(f"{where}: 'temperature' must be >= 0, got {value!r}")
 
 
+def check_url(url: str, where: str = "--url") -> tuple[str, str]:
+    """The one rule for the base URL of the server under test: (the URL to use, a note for stderr or "").
+
+    Whitespace around it goes (pasted URLs carry it). A trailing /v1 is dropped, with a note, rather than
+    refused: OpenAI clients take base URLs ending in /v1, so that is what people copy, and qbench adds /v1/...
+    itself (and reads /metrics and /version at the root, where /v1/metrics would 404). Any other path stays: it
+    is the prefix of a server behind a reverse proxy. Anything else unusable raises ConfigError, one line."""
+    given = url
+    url = url.strip()
+    if not url:
+        raise ConfigError(f"{where}: the URL is empty")
+    if any(c.isspace() for c in url):
+        raise ConfigError(f"{where}: {given!r} contains a space")
+    if "://" not in url:
+        raise ConfigError(f"{where}: {given!r} has no scheme: give http://{url} (or https://{url})")
+    u = urlsplit(url)
+    scheme = u.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"{where}: {given!r}: qbench speaks http:// and https:// only, not {u.scheme}://")
+    if not u.hostname:
+        raise ConfigError(f"{where}: {given!r} names no host")
+    hostport = u.netloc.rpartition("@")[2]
+    port_text = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
+    port_text = port_text.partition(":")[2]
+    if port_text and not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        raise ConfigError(f"{where}: {given!r}: the port must be a number from 1 to 65535, got {port_text!r}")
+    if u.query or u.fragment:
+        raise ConfigError(f"{where}: {given!r}: give the server's base URL, without '?' or '#' parts")
+    path = u.path.rstrip("/")
+    i = (path + "/").find("/v1/")
+    if i >= 0 and path[i:] != "/v1":
+        raise ConfigError(f"{where}: {given!r} is an endpoint, not a base URL: give {scheme}://{u.netloc}{path[:i]} "
+                          "(qbench adds /v1/... itself)")
+    note = ""
+    if path.endswith("/v1"):
+        path = path[:-3]
+        note = (f"{where}: the URL ends in /v1, which qbench adds itself; using {scheme}://{u.netloc}{path}")
+    return f"{scheme}://{u.netloc}{path}", note
+
+
+def is_loopback_host(host: str) -> bool:
+    """By name or address only (no lookup): localhost, 127.0.0.0/8, ::1."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_ca_file(path: str, where: str = "--ca-cert") -> str:
+    """A CA file that TLS can load, now, rather than a handshake error on every request later."""
+    import ssl
+
+    p = os.path.expanduser(path)
+    try:
+        ssl.create_default_context(cafile=p)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: {path}: no such file") from None
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"{where}: {path}: not a PEM file of CA certificates ({e.strerror or e})") from None
+    return p
+
+
+def check_flag(flag: str, value: float | int | None, positive: bool = False) -> None:
+    """A number given on the command line that no config key holds (e.g. `qbench run --duration`)."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"command line {flag}: must be a finite number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ConfigError(f"command line {flag}: must be {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
 def _apply(cfg_parts: dict[str, dict[str, Any]], sources: dict[str, str], section: str, key: str,
-           value: Any, where: str, origin: str) -> None:
+           value: Any, where: str, origin: str, notes: dict[str, str]) -> None:
     cls = _SECTIONS[section]
     types = {f.name: f.type for f in fields(cls)}
     if section == "server" and key not in SERVER_OWN_KEYS:
@@ -184,6 +279,8 @@ def _apply(cfg_parts: dict[str, dict[str, Any]], sources: dict[str, str], sectio
                               f"got {type(value).__name__}")
         if isinstance(value, list) and not all(isinstance(v, (str, int, float)) for v in value):
             raise ConfigError(f"{where}: [server] '{key}' must be a list of strings or numbers")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"{where}: [server] '{key}' must be a finite number, got {value!r}")
         flags = dict(cfg_parts[section].get("flags", ()))
         flags[key] = tuple(value) if isinstance(value, list) else value
         cfg_parts[section]["flags"] = tuple(flags.items())
@@ -197,6 +294,13 @@ def _apply(cfg_parts: dict[str, dict[str, Any]], sources: dict[str, str], sectio
         # a local model directory may be written ~/... or $HOME/...; hub ids ("org/name") never contain either
         coerced = os.path.expandvars(os.path.expanduser(coerced))
     _check_range(where, section, key, coerced)
+    notes.pop(f"{section}.{key}", None)  # only the value that wins may leave a note
+    if section == "load" and key == "url" and coerced:
+        coerced, note = check_url(coerced, where)
+        if note:
+            notes[f"{section}.{key}"] = note
+    if section == "load" and key == "ca_cert" and coerced:
+        coerced = check_ca_file(coerced, where)
     cfg_parts[section][key] = coerced
     sources[f"{section}.{key}"] = origin
 
@@ -205,6 +309,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     """Read `path` (TOML) and apply `overrides` ({"load.max_tokens": 100, ...}; None values are ignored)."""
     parts: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
     sources: dict[str, str] = {}
+    notes: dict[str, str] = {}
     where_file = ""
     if path:
         p = Path(path)
@@ -225,19 +330,20 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
             if not isinstance(table, dict):
                 raise ConfigError(f"{p}: '{section}' must be a table ([{section}])")
             for key, value in table.items():
-                _apply(parts, sources, section, key, value, f"{p} [{section}]", f"file:{p}")
+                _apply(parts, sources, section, key, value, f"{p} [{section}]", f"file:{p}", notes)
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         section, _, key = dotted.partition(".")
         flag = "--" + key.replace("_", "-")
-        _apply(parts, sources, section, key, value, f"command line {flag}", "cli")
+        _apply(parts, sources, section, key, value, f"command line {flag}", "cli", notes)
     cfg = Config(
         server=ServerConfig(**parts["server"]),
         load=LoadConfig(**parts["load"]),
         sweep=SweepConfig(**parts["sweep"]),
         path=where_file,
         sources=tuple(sorted(sources.items())),
+        notes=tuple(notes.values()),
     )
     if cfg.sweep.mode == "steady" and cfg.sweep.duration <= 0 and cfg.sweep.requests <= 0:
         # steady needs a stopping rule; pick one a user would expect rather than refusing

@@ -2,25 +2,33 @@
 
 The engine runs in this process here: a headless face draws nothing, so it cannot disturb the timestamps
 (the dashboard is what needs the engine in its own process). Server metrics are scraped in the background
-and, to make level deltas exact, once more at each level boundary; the load engine's own CPU and event-loop lag
-are watched too, so a level can tell when the client, not the server, set the pace.
+and once more at each level boundary (a steady level: at the end of its window, while the load is still held);
+a level's server stats cover the scrapes inside its window. The load engine's own CPU and event-loop lag are
+watched too, so a level can tell when the client, not the server, set the pace.
+
+A steady level is measured once settled (engine/settle.py) over a saved window (engine/window.py); a wave
+level is the classic: exactly C at once, first start to last end.
 """
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
 
 from .engine.load import LoadEngine
 from .engine.metrics_parse import ServerSample, parse_metrics
+from .engine.openai_stream import error_message
 from .engine.records import RequestRecord, RequestSpec
 from .engine.result import ClientLevel, LevelResult, ServerLevel, server_level
-from .engine.server_poll import fetch_info
+from .engine.server_poll import fetch_info, side_client
 from .engine.server_series import ServerSeries
-from .engine.stats import ClientTally, Finished, LevelTally, level_result
+from .engine.settle import CV_MAX, SETTLE_MAX_S, SettleRule
+from .engine.stats import ClientTally, LevelTally, level_result
+from .engine.window import WAVE_RULE, Bounds, Clocks, steady_rule, summarize_window
 
 
 class Unreachable(RuntimeError):
@@ -31,9 +39,28 @@ class Unreachable(RuntimeError):
 class LevelPlan:
     concurrency: int
     mode: str = "wave"
-    duration: float | None = None
-    requests: int | None = None
-    warmup: float = 0.0
+    duration: float | None = None  # steady: seconds of request starts measured, after settling
+    requests: int | None = None  # steady: or this many measured requests
+    warmup: float = 0.0  # steady: never measure before this
+    settle: bool = True  # steady: wait until the level is settled (False: measure right after the warm-up)
+    settle_max_s: float = SETTLE_MAX_S  # the cap: measure from here on, marked not steady
+    cv_max: float = CV_MAX
+
+    def settle_rule(self) -> SettleRule | None:
+        return SettleRule(cv_max=self.cv_max, max_s=self.settle_max_s) if self.settle else None
+
+
+Plans = Sequence[LevelPlan] | Callable[[list[LevelResult]], "LevelPlan | None"]
+
+
+async def _cancel(task: asyncio.Task | None) -> None:
+    """Stop a background watcher: a watcher's own failure must never end the run it watches."""
+    if task:
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
 
 
 @dataclass
@@ -43,8 +70,12 @@ class ServerWatch:
 
     url: str
     headers: dict
-    period: float = 1.0
-    series: ServerSeries = field(default_factory=lambda: ServerSeries(maxlen=86_400))
+    # half a second: a steady window starts where the data say it settled, between boundaries, and the server's
+    # deltas cover the scrapes inside the window, so its edges are within half a second of the client's
+    period: float = 0.5
+    series: ServerSeries = field(default_factory=lambda: ServerSeries(maxlen=172_800))  # a day at 2 Hz
+    ca_cert: str = ""  # the load's own TLS trust (side_client: no proxy from the environment either)
+    insecure: bool = False
     schema: str = "none"
     error: str = ""
     _task: asyncio.Task | None = None
@@ -69,7 +100,7 @@ class ServerWatch:
         return s
 
     async def _loop(self) -> None:
-        async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=5.0) as client:
+        async with self._side() as client:
             self._client = client
             while True:
                 t0 = time.monotonic()
@@ -80,16 +111,14 @@ class ServerWatch:
         self._task = asyncio.create_task(self._loop())
 
     async def boundary(self) -> ServerSample | None:
-        async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=5.0) as client:
+        async with self._side() as client:
             return await self.scrape(client)
 
+    def _side(self) -> httpx.AsyncClient:
+        return side_client(self.url, self.headers, timeout=5.0, ca_cert=self.ca_cert, insecure=self.insecure)
+
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await _cancel(self._task)
 
     def between(self, a: ServerSample | None, b: ServerSample | None) -> ServerLevel | None:
         """Server stats over one level: deltas from the boundary samples and every sample between them, maxima
@@ -142,79 +171,98 @@ class ClientWatch:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await _cancel(self._task)
 
 
-async def discover(url: str, headers: dict) -> tuple[str | None, list[str]]:
-    """(vLLM version, model ids). Raises Unreachable when nothing answers."""
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10.0) as client:
+async def discover(url: str, headers: dict, *, need_model: bool = False, ca_cert: str = "",
+                   insecure: bool = False) -> tuple[str | None, list[str]]:
+    """(vLLM version, model ids). Raises Unreachable, naming the status and what to change, when nothing
+    answers, when /v1/models wants a key (401/403: a LiteLLM-style proxy), and, when the caller needs the model
+    from it, when it is missing (404: the base URL is wrong) or failing."""
+    async with side_client(url, headers, timeout=10.0, ca_cert=ca_cert, insecure=insecure) as client:
         try:
             r = await client.get("/v1/models")
         except httpx.HTTPError as e:
-            raise Unreachable(f"cannot reach {url}: {e or type(e).__name__}") from None
-        if r.status_code in (401, 403):
-            raise Unreachable(f"{url} refused the API key (HTTP {r.status_code}): give --api-key or set "
-                              "QBENCH_API_KEY") from None
+            raise Unreachable(f"cannot reach {url}: {str(e) or type(e).__name__}") from None
+        where = f"{url}/v1/models answered HTTP {r.status_code}"
+        said = error_message(r.content, r.headers.get("content-type", "")) if r.status_code != 200 else ""
+        # 401/403, or a 400 whose message is about the key (some LiteLLM versions answer a missing key so)
+        if r.status_code in (401, 403) or (r.status_code == 400 and re.search(r"api[ _-]?key|auth", said, re.I)):
+            where = f"{where} ({said})" if said else where
+            if "authorization" in {k.lower() for k in headers}:
+                raise Unreachable(f"{where}: the API key was refused; check --api-key or $QBENCH_API_KEY")
+            raise Unreachable(f"{where}: the server wants an API key; give --api-key KEY or set QBENCH_API_KEY")
+        if need_model and r.status_code == 404:
+            raise Unreachable(f"{where}: is {url} the server's base URL (qbench adds /v1/... itself)? "
+                              "Or give --model")
+        if need_model and r.status_code != 200:
+            raise Unreachable(f"{where}: {said}; give --model")
         return await fetch_info(client)
 
 
-async def run_level(engine: LoadEngine, plan: LevelPlan) -> tuple[list[RequestRecord], tuple[float, float] | None]:
-    """The level's records and, for a timed steady level, its measurement window (perf_counter)."""
+async def run_level(engine: LoadEngine, plan: LevelPlan,
+                    at_window_end: Callable[[], object] | None = None) -> tuple[list[RequestRecord], Bounds | None]:
+    """The level's records and, for a steady level, its measurement window (None: a wave)."""
     if plan.mode == "wave":
         return await engine.run_wave(plan.concurrency), None
-    t_call = time.perf_counter()
     records = await engine.run_steady(plan.concurrency, duration=plan.duration, requests=plan.requests,
-                                      warmup=plan.warmup)
-    if plan.duration:
-        t0 = t_call + plan.warmup
-        return records, (t0, t0 + plan.duration)
-    return records, None
+                                      warmup=plan.warmup, settle=plan.settle_rule(),
+                                      at_window_end=at_window_end)  # type: ignore[arg-type]
+    return records, engine.last_bounds
 
 
-def summarize_level(records: list[RequestRecord], plan: LevelPlan,
-                    window: tuple[float, float] | None, **context) -> LevelResult:
-    """Wave: the classic total time (first start to last end). Timed steady: rates over the measurement window
-    only, from every request that ENDED inside it (warm-up starts included), so the drain at the end of the
-    level, running below the target concurrency, does not dilute the steady-state throughput."""
-    tally = LevelTally().add_all(records)
+def summarize_level(records: list[RequestRecord], plan: LevelPlan, window: Bounds | None,
+                    clocks: Clocks | None = None, **context) -> LevelResult:
+    """Wave: the classic total time (first start to last end), every request. Steady: over its window only
+    (engine/window.py), so neither the ramp-up nor the drain nor where the window cuts a wave moves it."""
+    clocks = clocks or Clocks.now()
     if window is None:
-        return level_result(tally, tally.span_s, plan.concurrency, mode=plan.mode, **context)
-    t0, t1 = window
-    inside = [r for r in records if r.ok and t0 <= r.end <= t1]
-    done = Finished(len(inside), sum(r.in_tokens for r in inside), sum(r.out_tokens for r in inside))
-    return level_result(tally, t1 - t0, plan.concurrency, done, mode=plan.mode, window_requests=len(inside),
-                        **context)
+        tally = LevelTally().add_all(records)
+        lv = level_result(tally, tally.span_s, plan.concurrency, mode=plan.mode, **context)
+        if tally.first_start is not None and tally.last_end is not None:
+            b = Bounds(tally.first_start, tally.first_start, tally.last_end, tally.last_end, tally.last_end)
+            lv.window = clocks.window(b, rule=WAVE_RULE, cv=None, mean_e2el=lv.e2el.mean_s, wave=True)
+        return lv
+    return summarize_window(records, window, plan.concurrency, clocks,
+                            rule=steady_rule(plan.settle_rule(), plan.warmup), mode=plan.mode, **context)
 
 
-async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: list[LevelPlan],
+async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: Plans,
                    on_level: Callable[[LevelResult, list[RequestRecord]], None] | None = None,
                    should_stop: Callable[[], str | None] | None = None) -> tuple[list[LevelResult], str | None]:
     """Runs the levels in order. Returns (level results, reason it stopped early or None).
 
-    `should_stop` is asked between levels and while a level runs (e.g. "server died"); `on_level` gets each
-    finished level at once so files on disk always hold every finished level.
+    `plans`: the levels, or a function that is given the levels measured so far and returns the next one (None
+    ends the run): the auto ladder decides from what it measured. `should_stop` is asked between levels and
+    while a level runs (e.g. "server died"); `on_level` gets each finished level at once so files on disk always
+    hold every finished level.
     """
     headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
-    watch = ServerWatch(spec.url, headers)
+    watch = ServerWatch(spec.url, headers, ca_cert=spec.ca_cert, insecure=spec.insecure)
     watch.start()
     client = ClientWatch()
     client.start()
     engine = LoadEngine(spec, prompts)
+    clocks = Clocks.now()
     results: list[LevelResult] = []
     stopped: str | None = None
+    listed = None if callable(plans) else iter(plans)
     try:
-        for plan in plans:
+        while True:
+            plan = next(listed, None) if listed is not None else plans(list(results))  # type: ignore[operator]
+            if plan is None:
+                break
             if should_stop and (why := should_stop()):
                 stopped = why
                 break
             before = await watch.boundary()
             client.begin()
-            level_task = asyncio.create_task(run_level(engine, plan))
+            at_end: list[ServerSample | None] = []
+
+            async def window_end(at_end=at_end) -> None:
+                at_end.append(await watch.boundary())
+
+            level_task = asyncio.create_task(run_level(engine, plan, window_end))
             while not level_task.done():
                 await asyncio.wait({level_task}, timeout=0.5)
                 if should_stop and not level_task.done() and (why := should_stop()):
@@ -230,7 +278,13 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: l
             records, window = level_task.result()
             cpu_lag = client.end()
             after = await watch.boundary()
-            lv = summarize_level(records, plan, window, server=watch.between(before, after), client=cpu_lag,
+            if window is None:
+                server = watch.between(before, after)
+            else:  # the scrapes inside the window, up to the one taken at its end while the load was held
+                last = at_end[0] if at_end and at_end[0] is not None else None
+                server = server_level(watch.series, clocks.to_mono(window.start),
+                                      last.t if last is not None else clocks.to_mono(window.end))
+            lv = summarize_level(records, plan, window, clocks, server=server, client=cpu_lag,
                                  server_metrics=watch.schema if watch.schema != "none"
                                  else (watch.error or "no server metrics"))
             watch.series.clear()  # this level's samples are summed up; the next level starts at its own boundary

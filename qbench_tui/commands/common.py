@@ -3,6 +3,7 @@ server (a URL, or one launched for the command), model discovery, the event loop
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Any
 
@@ -26,6 +27,13 @@ def add_target(p: argparse.ArgumentParser, launch: bool = True) -> None:
         p.add_argument("--vllm-bin", help="vllm executable (default: `vllm` on PATH or [server] vllm_bin)")
     p.add_argument("--config", metavar="FILE", help="TOML config ([server], [load], [sweep]); flags win")
     p.add_argument("--api-key", help="Bearer token (default: $QBENCH_API_KEY or $OPENAI_API_KEY); never written out")
+    add_tls(p)
+
+
+def add_tls(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca-cert", metavar="FILE", help="https: also trust the CA certificate(s) in this PEM file")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="https: do not check the server's certificate at all (warns)")
 
 
 def add_load(p: argparse.ArgumentParser) -> None:
@@ -47,11 +55,13 @@ def add_load(p: argparse.ArgumentParser) -> None:
 
 
 LOAD_KEYS = ("url", "model", "endpoint", "prompt", "prompts_file", "prompt_len", "unique_prefix", "max_tokens",
-              "ignore_eos", "temperature", "timeout", "max_error_rate")
+              "ignore_eos", "temperature", "timeout", "max_error_rate", "ca_cert", "insecure")
+# flags some commands have that no config key holds: checked here so that every command refuses them alike
+_OTHER_NUMBERS = {"duration": True, "warmup": False, "requests": True}  # name: must be > 0 (else >= 0)
 
 
 def config_from(args: argparse.Namespace, extra: dict[str, Any] | None = None):
-    from ..config import ConfigError, load_config
+    from ..config import ConfigError, check_flag, load_config
 
     overrides = {f"load.{k}": getattr(args, k, None) for k in LOAD_KEYS}
     overrides.update(extra or {})
@@ -59,24 +69,76 @@ def config_from(args: argparse.Namespace, extra: dict[str, Any] | None = None):
         overrides["server.vllm_bin"] = args.vllm_bin
     path = getattr(args, "config", None) or getattr(args, "launch", None)
     try:
-        return load_config(path, overrides)
+        for name, positive in _OTHER_NUMBERS.items():
+            if f"load.{name}" not in overrides and f"sweep.{name}" not in overrides:
+                check_flag(f"--{name}", getattr(args, name, None), positive)
+        cfg = load_config(path, overrides)
     except ConfigError as e:
         raise Usage(str(e)) from None
+    for note in cfg.notes:
+        err(note)
+    if getattr(args, "url", None):
+        args.url = cfg.load.url  # the checked form, for every later reader of args
+    from ..config import resolve_api_key
+
+    warn_about_target(cfg.load.url, resolve_api_key(getattr(args, "api_key", None))[0], cfg.load.insecure)
+    _prompts(cfg.load.prompt, cfg.load.prompts_file, cfg.load.prompt_len, cfg.load.unique_prefix)
+    return cfg
+
+
+def warn_about_target(url: str, api_key: str | None, insecure: bool) -> None:
+    """One line each on stderr for a key that anyone on the path could read."""
+    from urllib.parse import urlsplit
+
+    from ..config import is_loopback_host
+
+    if insecure:
+        err("WARNING: --insecure: the server's TLS certificate is NOT checked; anyone on the path can pose as "
+            "the server and read the API key and the prompts")
+    u = urlsplit(url)
+    if api_key and u.scheme == "http" and u.hostname and not is_loopback_host(u.hostname):
+        err(f"warning: the API key goes in clear text (http://) to {u.hostname}; use https:// or an SSH tunnel "
+            "unless the network is yours")
+
+
+@functools.lru_cache(maxsize=1)
+def _prompts(prompt: str, prompts_file: str, prompt_len: int, unique_prefix: bool):
+    """The prompt source, made once: read when the config is checked (a bad file stops the command before a
+    server is launched or any load starts) and handed to the engine from the same cache."""
+    from ..engine.prompts import PromptError, make_prompt_source
+
+    try:
+        return make_prompt_source(prompt, prompts_file, prompt_len, unique_prefix)
+    except PromptError as e:
+        raise Usage(str(e)) from None
+    except UnicodeDecodeError:
+        raise Usage(_not_utf8(prompts_file)) from None
+
+
+def _not_utf8(path: str) -> str:
+    data = open(path, "rb").read()  # again, whole: a text reader's error offset counts from its last chunk
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return (f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} (line {line}); "
+                "save the file as UTF-8")
+    return f"{path}: not UTF-8 text"  # pragma: no cover - the file changed between the two reads
 
 
 def spec_and_prompts(cfg, url: str, model: str, api_key: str | None):
-    from ..engine.prompts import PromptError, make_prompt_source
+    lc = cfg.load
+    prompts = _prompts(lc.prompt, lc.prompts_file, lc.prompt_len, lc.unique_prefix)
+    return request_spec(cfg, url, model, api_key), prompts
+
+
+def request_spec(cfg, url: str, model: str, api_key: str | None):
     from ..engine.records import RequestSpec
 
     lc = cfg.load
-    try:
-        prompts = make_prompt_source(lc.prompt, lc.prompts_file, lc.prompt_len, lc.unique_prefix)
-    except PromptError as e:
-        raise Usage(str(e)) from None
-    spec = RequestSpec(url=url.rstrip("/"), model=model, endpoint=lc.endpoint, max_tokens=lc.max_tokens,
+    return RequestSpec(url=url.rstrip("/"), model=model, endpoint=lc.endpoint, max_tokens=lc.max_tokens,
                        temperature=lc.temperature, ignore_eos=lc.ignore_eos, api_key=api_key,
-                       read_timeout=lc.timeout)
-    return spec, prompts
+                       read_timeout=lc.timeout, ca_cert=lc.ca_cert, insecure=lc.insecure)
 
 
 def prompt_source(cfg) -> str:
@@ -100,6 +162,11 @@ class Target:
                 raise Usage("give either --url or --launch, not both")
         elif not (args.url or cfg.load.url):
             raise Usage("no server: give --url URL (or --launch CONFIG; `qbench demo` runs without a GPU)")
+        from .limits import ensure_fds
+
+        levels = cfg.sweep.levels if hasattr(args, "levels") else ()  # sweep: its levels; run: -c
+        if short := ensure_fds(max(levels) if levels else (getattr(args, "concurrency", None) or 0)):
+            raise Usage(short)
 
     def __enter__(self) -> str:
         if getattr(self.args, "launch", None):
@@ -129,22 +196,32 @@ class Target:
         return None
 
 
-def resolve_model(url: str, api_key: str | None, model: str) -> tuple[str, str | None]:
+def resolve_model(url: str, api_key: str | None, model: str, cfg) -> tuple[str, str | None]:
+    """(model, vLLM version), discovering the model when none was given; discovery trusts what the load trusts."""
     import asyncio
 
     from ..headless import Unreachable as HU
     from ..headless import discover
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    tls = {"ca_cert": cfg.load.ca_cert, "insecure": cfg.load.insecure}
     try:
-        version, models = asyncio.run(discover(url, headers))
+        version, models = asyncio.run(discover(url, headers, need_model=not model, **tls))
     except HU as e:
-        raise Unreachable(str(e)) from None
+        raise Unreachable(tls_hint(str(e))) from None
     if not model:
         if not models:
             raise Unreachable(f"{url}/v1/models lists no model; give --model")
         model = models[0]
     return model, version
+
+
+def tls_hint(msg: str) -> str:
+    """A failed certificate check, with what to do about it."""
+    if "CERTIFICATE_VERIFY_FAILED" in msg:
+        return (f"{msg}; the server's TLS certificate is not trusted: give --ca-cert FILE (the CA that signed it) "
+                "or --insecure to skip the check")
+    return msg
 
 
 def run_async(coro):

@@ -4,30 +4,34 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (
-    EXIT_FAIL,
-    EXIT_OK,
-    err,
-)
+from .common import EXIT_FAIL, EXIT_OK, Usage, add_tls, err, tls_hint, warn_about_target
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ..config import resolve_api_key
+    from ..config import ConfigError, check_ca_file, check_url, resolve_api_key
     from ..engine.server_poll import ServerUnreachable, probe
 
-    api_key, _ = resolve_api_key(args.api_key)
     try:
-        d = asyncio.run(probe(args.url.rstrip("/"), api_key))
+        url, note = check_url(args.url)
+        ca_cert = check_ca_file(args.ca_cert) if args.ca_cert else ""
+    except ConfigError as e:
+        raise Usage(str(e)) from None
+    if note:
+        err(note)
+    api_key, _ = resolve_api_key(args.api_key)
+    warn_about_target(url, api_key, bool(args.insecure))
+    try:
+        d = asyncio.run(probe(url, api_key, ca_cert=ca_cert, insecure=bool(args.insecure)))
     except ServerUnreachable as e:
-        err(str(e))
+        err(tls_hint(str(e)))
         return EXIT_FAIL
     if args.json:
         print(json.dumps(d, indent=2))
         return EXIT_OK
     pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
-    print(f"server        {args.url}")
+    print(f"server        {url}")
     print(f"vLLM version  {d.get('vllm_version') or 'unknown'}")
     print(f"models        {', '.join(d.get('models') or []) or '-'}")
     if d.get("metrics_schema") == "none":
@@ -46,4 +50,5 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", required=True)
     p.add_argument("--api-key")
+    add_tls(p)
     p.add_argument("--json", action="store_true")

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     api_key, _ = resolve_api_key(args.api_key)
     target = Target(args, cfg)
     with target as url:
-        model, version = resolve_model(url, api_key, cfg.load.model)
+        model, version = resolve_model(url, api_key, cfg.load.model, cfg)
         spec, prompts = spec_and_prompts(cfg, url, model, api_key)
         plan = LevelPlan(args.concurrency, args.mode, args.duration, args.requests, args.warmup or 0.0)
         levels, stopped = run_async(run_plan(spec, prompts, [plan], should_stop=target.died))
@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(lv.to_json(), indent=2))
     else:
         print(bench_block(lv, model=model, url=url, version=version))
+        if lv.window is not None and not lv.window.rule.startswith("wave"):
+            print(lv.window.describe())
         print_failures(lv)
     return EXIT_FAIL if stopped else error_exit(levels, cfg.load.max_error_rate)
 

@@ -1,4 +1,5 @@
-"""`qbench sweep`: the classic benchmark, levels in order -> table, .txt, .json and .requests.jsonl."""
+"""`qbench sweep`: the classic benchmark, levels in order (or chosen by `--auto`'s ladder, engine/ladder.py) ->
+table, verdict and recommendations, .txt, .json and .requests.jsonl."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ from pathlib import Path
 from .common import (
     EXIT_FAIL,
     Target,
+    Usage,
     add_load,
     add_target,
     config_from,
@@ -19,6 +21,78 @@ from .common import (
     run_async,
     spec_and_prompts,
 )
+
+AUTO_LEVEL_S = 10.0  # --auto: seconds measured per level once it is steady, unless --duration/--requests say
+
+
+class AutoPlans:
+    """run_plan's `plans` for --auto: the ladder policy's next level (engine/ladder.py) as a LevelPlan, then the
+    hold at the found level when asked, then None. The levels after the first `n_ladder` are the hold, not the ladder:
+    the verdict is judged on the ladder's own levels."""
+
+    def __init__(self, ladder, plan, hold_s: float = 0.0, slo=(), say=lambda line: None) -> None:
+        self.ladder, self.plan, self.hold_s, self.slo, self.say = ladder, plan, hold_s, slo, say
+        self.t0: float | None = None
+        self.done = None  # the ladder's last Step, once it said it is done
+        self.n_ladder: int | None = None  # how many results the ladder measured (set when it is done)
+        self.hold_at: int | None = None
+
+    def ladder_levels(self, levels: list) -> list:
+        return levels if self.n_ladder is None else levels[:self.n_ladder]
+
+    def __call__(self, results: list):
+        import time
+
+        from ..engine.knee import find_knee
+        from ..engine.ladder import next_step
+
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+        if self.done is not None:
+            return None  # the hold (if any) has run
+        step = next_step(self.ladder, results, now - self.t0)
+        if step.concurrency is not None:
+            self.say(f"ladder: {step.why}")
+            return self.plan(step.concurrency, None)
+        self.done, self.n_ladder = step, len(results)
+        self.say(f"ladder done: {step.why}")
+        if self.hold_s > 0 and results:
+            k = find_knee(results, self.ladder.share, self.slo)
+            self.hold_at = k.interactive_concurrency or k.knee_concurrency or k.peak_concurrency
+            if self.hold_at:
+                self.say(f"holding at concurrency {self.hold_at} for {self.hold_s:g} s")
+                return self.plan(self.hold_at, self.hold_s)
+        return None
+
+
+def check_auto(args: argparse.Namespace, cfg):
+    """The ladder's settings and SLO from flags + TOML, or Usage with one line. Returns (LadderSpec | None, slo)."""
+    from ..engine.ladder import LadderSpec
+    from ..engine.slo import SloError, parse_slo
+
+    sw = cfg.sweep
+    try:
+        slo = parse_slo(sw.slo) if sw.slo else ()
+    except SloError as e:
+        raise Usage(str(e)) from None
+    if not 0 < sw.knee_share <= 1:
+        raise Usage(f"--knee-share must be between 0 and 1 (the share of the peak throughput), got {sw.knee_share}")
+    if not sw.auto:
+        given = [f for f, v in (("--start", args.start), ("--max-concurrency", args.max_concurrency),
+                                ("--budget", args.budget), ("--hold", args.hold)) if v is not None]
+        if given:
+            raise Usage(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --auto")
+        return None, slo
+    if cfg.source("sweep.levels") != "default":
+        raise Usage("--auto chooses the levels itself: give either --auto or --levels, not both")
+    if cfg.source("sweep.mode") != "default" and sw.mode != "steady":
+        raise Usage("--auto measures steady levels (each held until steady): --mode wave does not apply")
+    if sw.max_concurrency < sw.start:
+        raise Usage(f"--max-concurrency {sw.max_concurrency} is below the ladder's start {sw.start}: "
+                    "raise --max-concurrency or lower --start")
+    return LadderSpec(start=sw.start, max_concurrency=sw.max_concurrency, budget_s=sw.budget,
+                      share=sw.knee_share), slo
 
 
 def parse_levels(text: str) -> list[int]:
@@ -34,16 +108,27 @@ def parse_levels(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
 
     extra = {"sweep.levels": args.levels, "sweep.mode": args.mode, "sweep.duration": args.duration,
-             "sweep.requests": args.requests, "sweep.warmup": args.warmup, "sweep.out": args.out}
+             "sweep.requests": args.requests, "sweep.warmup": args.warmup, "sweep.out": args.out,
+             "sweep.auto": args.auto, "sweep.start": args.start, "sweep.max_concurrency": args.max_concurrency,
+             "sweep.budget": args.budget, "sweep.slo": args.slo, "sweep.hold": args.hold,
+             "sweep.knee_share": args.knee_share}
     cfg = config_from(args, extra)  # validate before anything is imported or started
+    ladder, slo = check_auto(args, cfg)
 
     from ..config import resolve_api_key
     from ..engine.knee import find_knee
     from ..engine.recordlog import RecordLog
+    from ..engine.slo import describe
     from ..headless import LevelPlan, run_plan
-    from ..report.files import RunMeta, classic_table, result_basename, write_results
+    from ..report.files import RunMeta, classic_table, result_basename, verdict_lines, write_results
 
     sw = cfg.sweep
+    auto: AutoPlans | None = None
+    interrupted = False
+
+    def verdict():
+        return find_knee(auto.ladder_levels(levels) if auto else levels, sw.knee_share, slo)
+
     api_key, key_source = resolve_api_key(args.api_key)
     target = Target(args, cfg)
     levels: list = []
@@ -51,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     paths: list[Path] = []
     try:
         with target as url:
-            model, version = resolve_model(url, api_key, cfg.load.model)
+            model, version = resolve_model(url, api_key, cfg.load.model, cfg)
             spec, prompts = spec_and_prompts(cfg, url, model, api_key)
             meta = RunMeta(url=url, model=model, vllm_version=version, prompt=cfg.load.prompt,
                            prompt_source=prompt_source(cfg), max_tokens=cfg.load.max_tokens, levels=sw.levels,
@@ -64,20 +149,37 @@ def run(args: argparse.Namespace) -> int:
             out = Path(sw.out)
             records = RecordLog(out / f"{base}.requests.jsonl")
             paths = [out / f"{base}.txt", out / f"{base}.json", records.path]
-            plans = [LevelPlan(c, sw.mode, sw.duration or None, sw.requests or None, sw.warmup) for c in sw.levels]
+            say = (lambda line: None) if args.json else (lambda line: print(f"  {line}", file=sys.stderr))
+            if ladder is None:
+                plans = [LevelPlan(c, sw.mode, sw.duration or None, sw.requests or None, sw.warmup)
+                         for c in sw.levels]
+                what = f"mode {sw.mode}  levels {list(sw.levels)}"
+            else:
+                auto = AutoPlans(ladder, lambda c, hold: LevelPlan(
+                    c, "steady", hold or (sw.duration or (None if sw.requests else AUTO_LEVEL_S)),
+                    None if hold else (sw.requests or None), sw.warmup), sw.hold, slo, say)
+                plans = auto
+                meta.mode, meta.levels = "steady", ()
+                meta.ladder = (f"auto ladder from {ladder.start}, x{ladder.growth:g} up to {ladder.max_concurrency}"
+                               f" then bisection, budget {ladder.budget_s:g} s, knee = lowest level within "
+                               f"{ladder.share:.0%} of the peak" + (f", SLO {describe(slo)}" if slo else ""))
+                what = meta.ladder
             if not args.json:
-                print(f"qbench sweep {url}  model {model}  mode {sw.mode}  levels {list(sw.levels)}"
+                print(f"qbench sweep {url}  model {model}  {what}"
                       + ("  [SIMULATED]" if meta.simulated else ""), file=sys.stderr)
 
             def on_level(lv, recs) -> None:
                 levels.append(lv)
+                if auto:
+                    meta.levels = tuple(x.max_concurrency or 0 for x in levels)
                 for r in recs:
                     records.add(r, level=lv.max_concurrency)
                 records.flush()
-                write_results(out, base, meta, levels, find_knee(levels))
+                write_results(out, base, meta, levels, verdict())
                 if not args.json:
                     print(f"  level {lv.max_concurrency}: {lv.completed} ok, {lv.failed} failed, "
-                          f"{lv.duration_s:.2f} s, {lv.output_throughput or 0.0:.1f} tok/s", file=sys.stderr)
+                          f"{lv.duration_s:.2f} s, {lv.output_throughput or 0.0:.1f} tok/s"
+                          + (f"; {lv.window.describe()}" if _windowed(lv) else ""), file=sys.stderr)
                     print_failures(lv)
 
             try:
@@ -87,21 +189,29 @@ def run(args: argparse.Namespace) -> int:
             if stopped:
                 meta.notes.append(f"stopped early: {stopped.splitlines()[0]}")
                 err(stopped)
+            if auto and auto.done is not None:
+                meta.notes.append(f"ladder: {auto.done.why}")
+                if auto.hold_at is not None and len(levels) > (auto.n_ladder or 0):
+                    meta.notes.append(f"the last level is the hold at concurrency {auto.hold_at} for {sw.hold:g} s "
+                                      "(not part of the ladder's verdict)")
     except KeyboardInterrupt:
+        interrupted = True
         if meta is not None:
             meta.notes.append(f"interrupted by the user after {len(levels)} level(s)")
         err("interrupted")
     if meta is not None and paths:
-        knee = find_knee(levels)
+        knee = verdict()
         write_results(paths[0].parent, paths[0].name[:-4], meta, levels, knee)
         if args.json:
             print(paths[1].read_text())
         else:
-            print(classic_table(levels) if levels else "(no level finished)")
-            if knee.summary:
-                print(f"\n{knee.summary}")
+            shown = sorted(levels, key=lambda lv: lv.max_concurrency or 0) if auto else levels
+            print(classic_table(shown) if levels else "(no level finished)")
+            lines = verdict_lines(knee)
+            if lines:
+                print("\n" + "\n".join(lines))
             print(f"\nsaved: {paths[0]}\n       {paths[1]}\n       {paths[2]}")
-    if meta is not None and len(levels) < len(meta.levels):
+    if meta is not None and (interrupted or len(levels) < len(meta.levels)):
         return EXIT_FAIL
     return error_exit(levels, cfg.load.max_error_rate)
 
@@ -114,5 +224,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, metavar="N", help="steady mode: requests per level")
     p.add_argument("--warmup", type=float, metavar="S", help="steady mode: warm-up excluded from each level")
     p.add_argument("--out", metavar="DIR", help="results folder (default ./results)")
+    a = p.add_argument_group("saturation")
+    a.add_argument("--auto", action="store_true", default=None,
+                   help="find the knee by itself: levels x2 from --start while throughput grows, then bisection "
+                        "near the knee, each held until steady (instead of --levels)")
+    a.add_argument("--start", type=int, metavar="N", help="--auto: the first level (default 1)")
+    a.add_argument("--max-concurrency", type=int, metavar="N", help="--auto: the highest level (default 1024)")
+    a.add_argument("--budget", type=float, metavar="S", help="--auto: seconds for the whole ladder (default 900)")
+    a.add_argument("--hold", type=float, metavar="S",
+                   help="--auto: then stay S seconds at the level found (a demo or soak at the knee)")
+    a.add_argument("--slo", metavar="OBJ", help="e.g. ttft_p99=2s,itl_p99=100ms,e2el_p90=30s: goodput is the "
+                                                "largest level meeting it (the results' names; s, ms or us)")
+    a.add_argument("--knee-share", type=float, metavar="R",
+                   help="the knee: the lowest level within R of the peak throughput (default 0.9)")
     p.add_argument("--json", action="store_true")
     add_load(p)
+
+
+def _windowed(lv) -> bool:
+    """A steady level measured over a settled window (a wave's "window" is the whole wave)."""
+    return lv.window is not None and not lv.window.rule.startswith("wave")

@@ -14,13 +14,14 @@ default loop. So the per-read path allocates nothing it can avoid and calls as f
 from __future__ import annotations
 
 import asyncio
-import functools
 import ssl
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from time import perf_counter
 from urllib.parse import urlsplit
 
 from qbench_tui.engine.records import one_line
+from qbench_tui.engine.tls import make_ssl_context  # here too: the load engine takes it from this module
 
 OnData = Callable[[float, bytes], None]
 OnEnd = Callable[[float], None]
@@ -89,7 +90,7 @@ class _Response:
     """Parses one HTTP/1.1 response as it arrives; a 200's body goes to on_data, any other's to errbody."""
 
     __slots__ = ("conn", "on_data", "on_end", "fut", "phase", "head", "status", "framing", "left", "cbuf",
-                 "errbody", "keep_alive", "error", "last_read", "read_timeout", "timer", "loop")
+                 "errbody", "keep_alive", "error", "last_read", "read_timeout", "timer", "loop", "ctype", "cenc")
 
     def __init__(self, conn: _Conn, on_data: OnData, on_end: OnEnd, loop: asyncio.AbstractEventLoop,
                  read_timeout: float) -> None:
@@ -101,6 +102,8 @@ class _Response:
         self.phase = _HEAD
         self.head = b""
         self.status: int | None = None
+        self.ctype = ""  # content-type, as sent
+        self.cenc = ""  # content-encoding, lowercased
         self.framing = _UNTIL_CLOSE
         self.left = -1  # chunked: bytes left in the current chunk; -1 = size line next, -2 = CRLF next
         self.cbuf = b""
@@ -170,16 +173,25 @@ class _Response:
     def _head(self, now: float, data: bytes) -> None:
         buf = self.head + data
         while True:
-            i = buf.find(b"\r\n\r\n")
-            if i < 0:
+            # the head ends at an empty line; bare-LF line ends (hand-written servers) are read as CRLF, which
+            # RFC 9112 2.2 allows. The earliest end wins: the body may hold blank lines of its own.
+            i = buf.find(b"\n\r\n")  # CRLF CRLF, or LF CRLF
+            j = buf.find(b"\n\n", 0, i if i >= 0 else len(buf))
+            if j >= 0 or i >= 0:
+                end, skip = (j, 2) if j >= 0 else (i, 3)
+                lines = [ln.rstrip("\r") for ln in buf[:end].decode("latin-1").split("\n")]
+                rest = buf[end + skip:]
+            else:
                 if len(buf) > _MAX_HEAD:
                     self._done("connection error: response head too large")
+                    self.conn.abort()
+                elif len(buf) >= 5 and not buf.startswith(b"HTTP/"):
+                    # e.g. TLS bytes from an https port, or another protocol: waiting would only meet the timeout
+                    self._done(f"connection error: not an HTTP response (starts {one_line(repr(buf[:16]), 40)})")
                     self.conn.abort()
                 else:
                     self.head = buf
                 return
-            lines = buf[:i].decode("latin-1").split("\r\n")
-            rest = buf[i + 4:]
             try:
                 version, code, *_ = lines[0].split(" ", 2)
                 status = int(code)
@@ -208,6 +220,10 @@ class _Response:
                     length = None
             elif k == "connection":
                 conn_hdr = v.strip().lower()
+            elif k == "content-type":
+                self.ctype = v.strip()
+            elif k == "content-encoding":
+                self.cenc = v.strip().lower()
         if conn_hdr == "close" or (version == "HTTP/1.0" and conn_hdr != "keep-alive"):
             self.keep_alive = False
         if status in (204, 304):  # no body by definition, whatever the headers say
@@ -220,7 +236,9 @@ class _Response:
         else:
             self.framing = _UNTIL_CLOSE
             self.keep_alive = False
-        if status != 200:
+        if status != 200 or not is_event_stream(self.ctype, self.cenc):
+            # an error, or a 200 that is no stream to time (an HTML page, a whole JSON completion, gzip):
+            # collected for the message either way
             self.errbody = []
             # the body parsers call on_data whatever the status: pointing it here keeps that path branch-free
             self.on_data = self._collect
@@ -263,16 +281,19 @@ class _Response:
                     left -= take
                     if left == 0:
                         left = -2
-                elif left == -2:
-                    if n - pos < 2:
+                elif left == -2:  # the line end after a chunk's data; bare LF accepted, as in the head
+                    if buf[pos] == 10:
+                        pos += 1
+                    elif n - pos < 2:
                         break
-                    pos += 2
+                    else:
+                        pos += 2
                     left = -1
                 else:
-                    nl = buf.find(b"\r\n", pos)
+                    nl = buf.find(b"\n", pos)
                     if nl < 0:
                         break
-                    line = buf[pos:nl]
+                    line = buf[pos:nl]  # int() ignores the CR of a CRLF
                     semi = line.find(b";")
                     try:
                         size = int(line if semi < 0 else line[:semi], 16)
@@ -281,7 +302,7 @@ class _Response:
                         self._done("connection error: bad chunk size")
                         self.conn.abort()
                         return
-                    pos = nl + 2
+                    pos = nl + 1
                     if size == 0:
                         self.left = 0
                         self.cbuf = b""
@@ -312,12 +333,12 @@ class _Response:
     def _trailer(self, data: bytes) -> None:
         buf = self.cbuf + data
         while True:
-            nl = buf.find(b"\r\n")
+            nl = buf.find(b"\n")
             if nl < 0:
                 self.cbuf = buf
                 return
-            line, buf = buf[:nl], buf[nl + 2:]
-            if not line:
+            line, buf = buf[:nl], buf[nl + 1:]
+            if not line or line == b"\r":
                 break
         self.cbuf = b""
         if buf:
@@ -330,24 +351,24 @@ class _Response:
         self._done()
 
 
+def is_event_stream(content_type: str, content_encoding: str) -> bool:
+    """A body this client can time: uncompressed, and text/event-stream (or untyped: some servers send none)."""
+    if content_encoding not in ("", "identity"):
+        return False
+    return not content_type or content_type.lower().startswith("text/event-stream")
 
 
-@functools.lru_cache(maxsize=1)
-def make_ssl_context() -> ssl.SSLContext:
-    """One context per process: each default context loads the CA bundle (~30 ms), and there is a client per worker."""
-    return ssl.create_default_context()
-
-
+@dataclass(slots=True)
 class Reply:
     """How one exchange ended: `error` ("" when the response arrived whole) wins over `status`; `body` is the
-    collected body of a non-200 response (None for a 200, whose body went to on_data)."""
+    collected body of a non-200 response or of a 200 that is not an event stream (None for a streamed 200,
+    whose body went to on_data); `content_type` / `content_encoding` as the head gave them ("" when absent)."""
 
-    __slots__ = ("status", "error", "body")
-
-    def __init__(self, status: int | None, error: str = "", body: bytes | None = None) -> None:
-        self.status = status
-        self.error = error
-        self.body = body
+    status: int | None
+    error: str = ""
+    body: bytes | None = None
+    content_type: str = ""
+    content_encoding: str = ""
 
 
 class RawClient:
@@ -435,7 +456,7 @@ class RawClient:
             conn.abort()
             self._conn = None
         body = None if resp.errbody is None else b"".join(resp.errbody)
-        return Reply(resp.status, resp.error, body)
+        return Reply(resp.status, resp.error, body, resp.ctype, resp.cenc)
 
 
 def _exc_text(e: BaseException) -> str:

@@ -3,18 +3,26 @@
 Everything runs on one asyncio loop (no threads). Worker i keeps sending requests while i < target; shrinking
 the target lets a busy worker finish its current request and then exit, so no request is ever cancelled except
 by stop(). Each worker owns one RawClient (one kept-alive connection); all clients share one SSLContext.
+
+Every finished request goes into `timeline` (its tokens by arrival time); `horizon()` says up to when that
+timeline is complete. A steady level is measured only once settled (engine/settle.py) and held at C until every
+request it measures has ended (engine/window.py: which requests count, and why).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from time import perf_counter
 
 from qbench_tui.engine.http1 import RawClient, make_ssl_context
 from qbench_tui.engine.records import RequestRecord, RequestSpec
 from qbench_tui.engine.request import make_client, stream_request
+from qbench_tui.engine.settle import Settler, SettleRule
+from qbench_tui.engine.timeline import Timeline
+from qbench_tui.engine.window import Bounds
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +30,22 @@ Prompt = str | list[dict]
 
 _FAST_FAIL_S = 0.05
 _FAST_FAIL_BACKOFF_S = 0.1
+_TICK_S = 0.1  # how often a steady level looks at its data (settled? window over? measured requests ended?)
+# A request in flight longer than this many typical latencies (and STRAGGLER_MIN_S) is not waited for by
+# horizon(): one stuck stream must not freeze every live rate until its read timeout.
+STRAGGLER_FACTOR = 4.0
+STRAGGLER_MIN_S = 10.0
 
 
 @dataclass
 class _Level:
-    """State of the level being run by run_steady: when to stop starting requests, and what to collect."""
+    """State of the level being run by run_steady: what it collected, and when its requests were sent."""
 
     warmup_end: float
-    stop_at: float | None
-    budget: int | None  # measured requests still allowed to start
     records: list[RequestRecord]
+    stamps: list[float] = field(default_factory=list)  # send times, in order (the requests-mode budget)
     closed: bool = False
+    failing: int = 0  # failures in a row since the last success
 
 
 class LoadEngine:
@@ -58,6 +71,10 @@ class LoadEngine:
         self._level: _Level | None = None
         self._stopped = False
         self.last_level_duration: float | None = None
+        self.last_bounds: Bounds | None = None  # the window of the last steady level
+        self.timeline = Timeline(perf_counter())
+        self._starts: dict[int, float] = {}  # request index -> send time, while in flight
+        self._typical_e2el = 0.0  # moving mean of ok requests' latency (the straggler rule)
 
     # ------------------------------------------------------------ live control
 
@@ -76,6 +93,20 @@ class LoadEngine:
     @property
     def segment(self) -> int:
         return self._segment
+
+    def oldest_start(self, now: float | None = None) -> float:
+        """Send time of the oldest request in flight (now when none is)."""
+        now = perf_counter() if now is None else now
+        return min(self._starts.values(), default=now)
+
+    def horizon(self, now: float | None = None) -> float:
+        """Up to when `timeline` is complete: every request with a token before it has finished, since the
+        oldest one in flight started then. Stragglers (see STRAGGLER_FACTOR) are not waited for."""
+        now = perf_counter() if now is None else now
+        if not self._typical_e2el:  # no request has finished yet: none is known to be late
+            return self.oldest_start(now)
+        limit = now - max(STRAGGLER_MIN_S, STRAGGLER_FACTOR * self._typical_e2el)
+        return min((t for t in self._starts.values() if t >= limit), default=now)
 
     @property
     def workers(self) -> int:
@@ -147,6 +178,7 @@ class LoadEngine:
         finally:
             self._wave_tasks.difference_update(tasks)
         self.last_level_duration = level_duration(records)
+        self.last_bounds = None  # a wave has no steady window
         return records
 
     async def run_steady(
@@ -155,13 +187,19 @@ class LoadEngine:
         duration: float | None = None,
         requests: int | None = None,
         warmup: float = 0.0,
+        settle: SettleRule | None = SettleRule(),  # noqa: B008 (frozen: one shared default is safe)
+        at_window_end: Callable[[], Awaitable[object]] | None = None,
     ) -> list[RequestRecord]:
-        """Closed loop at `c` until `duration` seconds after warm-up, or until `requests` measured requests.
+        """Closed loop at `c`, measured over a window (engine/window.py) that starts once the level is settled
+        (`settle`, by default the standard rule; None: right after `warmup`) and in which `duration` seconds'
+        or `requests` requests' starts are measured. The load stays at C until every measured request has
+        ended, so none is cut or run at a lower load; `at_window_end` is awaited then, still under load (the
+        headless driver scrapes the server); then no new request starts and the rest drain. Requests sent
+        during `warmup` come back warmup=True.
 
-        Requests that start during warm-up come back flagged warmup=True (summarize() drops them). At the end
-        no new request starts, in-flight ones are awaited and included (as guidellm and vllm bench do).
-        Returns this level's records, warm-up ones included; `last_level_duration` is end of warm-up -> last end.
-        Live workers are drained first; records carry the current segment (call new_segment() first).
+        Returns every record of the level; `last_bounds` is the window (None when the level was stopped) and
+        `last_level_duration` its length. Live workers are drained first; records carry the current segment
+        (call new_segment() first).
         """
         if c < 1:
             raise ValueError("concurrency must be >= 1")
@@ -171,22 +209,50 @@ class LoadEngine:
             raise RuntimeError("a level is already running")
         self._stopped = False
         await self._drain()
-        t0 = perf_counter()
-        warmup_end = t0 + max(0.0, warmup)
-        lvl = _Level(
-            warmup_end=warmup_end,
-            stop_at=None if duration is None else warmup_end + duration,
-            budget=requests,
-            records=[],
-        )
+        t_start = perf_counter()
+        warmup = max(0.0, warmup)
+        lvl = _Level(warmup_end=t_start + warmup, records=[])
+        settler = None if settle is None else Settler(self.timeline, t_start,
+                                                      replace(settle, min_s=max(settle.min_s, warmup)))
+        t0 = self.timeline.ceil(t_start + warmup) if settler is None else None
+        steady = True
+        until: float | None = None
+        bounds: Bounds | None = None
         self._level = lvl
+        self.last_bounds = None
         try:
             self._set_target(c)
             while self._tasks and not lvl.closed:
-                timeout = None if lvl.stop_at is None else max(0.0, lvl.stop_at - perf_counter())
-                await asyncio.wait(list(self._tasks.values()), timeout=timeout)
-                if lvl.stop_at is not None and perf_counter() >= lvl.stop_at:
-                    lvl.closed = True
+                await asyncio.sleep(_TICK_S)
+                now = perf_counter()
+                if t0 is None and settler is not None:
+                    if lvl.failing >= c and now >= lvl.warmup_end:
+                        # a round of failures and no success since (the server refuses, or died): there is no
+                        # throughput to settle, and waiting for the cap would only hammer it; measure what
+                        # happened from the start, marked not steady
+                        t0, steady = t_start + warmup, False
+                    else:
+                        t0 = settler.update(self.horizon(now), t_start, now)
+                        steady = bool(settler.steady)
+                    if t0 is None:
+                        continue
+                if until is None:
+                    if duration is not None:
+                        if now < t0 + duration:
+                            continue
+                        until = t0 + duration
+                    else:
+                        i = bisect_left(lvl.stamps, t0)
+                        if len(lvl.stamps) - i <= requests:  # type: ignore[operator]
+                            continue
+                        until = lvl.stamps[i + requests]  # type: ignore[operator]
+                if self.oldest_start(now) < until:
+                    continue  # a measured request is still running: hold the load at C
+                end = perf_counter()
+                bounds = Bounds(t_start, t0, end, until, end, steady)
+                if at_window_end is not None:
+                    await at_window_end()
+                break
             lvl.closed = True
             self._set_target(0)
             while self._tasks:
@@ -197,12 +263,8 @@ class LoadEngine:
             if self._target:
                 self._set_target(0)
             self._level = None
-        measured = [r for r in lvl.records if not r.warmup]
-        if measured:
-            begin = warmup_end if warmup > 0 else min(r.start for r in measured)
-            self.last_level_duration = max(r.end for r in measured) - begin
-        else:
-            self.last_level_duration = 0.0
+        self.last_bounds = bounds
+        self.last_level_duration = 0.0 if bounds is None else bounds.end - bounds.start
         return lvl.records
 
     # ------------------------------------------------------------ internals
@@ -242,16 +304,7 @@ class LoadEngine:
                 if self._paused:
                     await self._wake.wait()
                     continue
-                warm = False
-                if lvl is not None:
-                    now = perf_counter()
-                    if lvl.stop_at is not None and now >= lvl.stop_at:
-                        break
-                    warm = now < lvl.warmup_end
-                    if not warm and lvl.budget is not None:
-                        if lvl.budget <= 0:
-                            break
-                        lvl.budget -= 1
+                warm = lvl is not None and perf_counter() < lvl.warmup_end
                 rec = await self._one(i, self._segment, self._target, warm, lvl.records if lvl else None)
                 if not rec.ok and rec.status is None and rec.e2el < _FAST_FAIL_S:
                     # refused connections fail in microseconds: without a pause a dead server turns every
@@ -266,6 +319,9 @@ class LoadEngine:
         idx = self._n
         self._n += 1
         self._in_flight += 1
+        sent = self._starts[idx] = perf_counter()
+        if self._level is not None and sink is self._level.records:
+            self._level.stamps.append(sent)
         try:
             try:
                 prompt = self._prompts(idx)
@@ -278,7 +334,14 @@ class LoadEngine:
                                            concurrency=concurrency, worker=i)
         finally:
             self._in_flight -= 1
+            del self._starts[idx]
         rec.warmup = warm
+        if rec.ok:
+            self.timeline.add(rec)
+            self._typical_e2el += (0.05 if self._typical_e2el else 1.0) * (rec.e2el - self._typical_e2el)
+        lvl = self._level
+        if lvl is not None and sink is lvl.records:
+            lvl.failing = 0 if rec.ok else lvl.failing + 1
         if sink is not None:
             sink.append(rec)
         if self._on_record is not None:

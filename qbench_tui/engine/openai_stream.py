@@ -11,13 +11,24 @@ for events that mention "error", and for the usage chunk.
 from __future__ import annotations
 
 import json
+import re
 
 from qbench_tui.engine.records import RequestRecord, one_line
 from qbench_tui.engine.sse import SSEDecoder
 
 
-def error_message(body: bytes) -> str:
-    """The server's message from an error body: vLLM >= 0.11 nests it, older versions are flat."""
+def _html_title(body: bytes) -> str | None:
+    m = re.search(rb"<title[^>]*>(.*?)</title>", body[:65536], re.I | re.S)
+    return one_line(m.group(1).decode("utf-8", "replace"), 120) if m else None
+
+
+def error_message(body: bytes, content_type: str = "", content_encoding: str = "") -> str:
+    """The server's message from an error body: vLLM >= 0.11 nests it, older versions are flat; a proxy's HTML
+    page gives its title; a compressed body is not decoded, only named."""
+    if content_encoding not in ("", "identity"):
+        return f"({content_encoding}-encoded body)"
+    if "html" in content_type.lower() and (title := _html_title(body)):
+        return title
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -36,6 +47,28 @@ def error_message(body: bytes) -> str:
     if msg is None:
         msg = body.decode("utf-8", "replace")
     return one_line(str(msg))
+
+
+def not_a_stream(content_type: str, content_encoding: str, body: bytes) -> str:
+    """Why a 200 could not be timed, in the words of its head, e.g. "not an event stream: content-type text/html
+    (Welcome to nginx!)" — rather than the "stream ended early" an SSE parser would conclude."""
+    if content_encoding not in ("", "identity"):
+        return (f"not an event stream: content-encoding {content_encoding} (content-type {content_type or 'none'}); "
+                "something between qbench and the server compresses it")
+    what = f"not an event stream: content-type {content_type}"
+    if "json" in content_type.lower():
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            obj = None
+        if isinstance(obj, dict) and "error" in obj:
+            return f"{what}: {error_message(body)}"
+        if isinstance(obj, dict) and "choices" in obj:
+            return f"{what}, a whole completion: the server ignored \"stream\": true"
+    if "html" in content_type.lower() and (title := _html_title(body)):
+        return f"{what} ({title})"
+    head = one_line(body[:200].decode("utf-8", "replace"), 80)
+    return f"{what}: {head!r}" if head else what
 
 
 def _has_choices(p: bytes) -> bool:

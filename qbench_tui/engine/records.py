@@ -81,3 +81,5 @@ class RequestSpec:
     api_key: str | None = None  # sent as Bearer; never written anywhere
     connect_timeout: float = 10.0
     read_timeout: float = 600.0  # a stall longer than this between bytes fails the request
+    ca_cert: str = ""  # https: a PEM file of CAs trusted besides the system's
+    insecure: bool = False  # https: no certificate check at all

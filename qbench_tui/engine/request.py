@@ -11,10 +11,11 @@ import ssl
 import time
 from time import perf_counter
 
-from qbench_tui.engine.http1 import RawClient, make_ssl_context
-from qbench_tui.engine.openai_stream import StreamTiming, error_message
+from qbench_tui.engine.http1 import RawClient
+from qbench_tui.engine.openai_stream import StreamTiming, error_message, not_a_stream
 from qbench_tui.engine.prompts import Sized
 from qbench_tui.engine.records import RequestRecord, RequestSpec
+from qbench_tui.engine.tls import make_ssl_context
 
 _CHAT_PATH = "/v1/chat/completions"
 _COMPLETIONS_PATH = "/v1/completions"
@@ -22,8 +23,10 @@ _COMPLETIONS_PATH = "/v1/completions"
 
 def make_client(spec: RequestSpec, ssl_ctx: ssl.SSLContext | None = None) -> RawClient:
     """One client (one kept-alive connection) per worker. No proxy from the environment: a proxy would be
-    measured instead of the server."""
-    return RawClient(spec.url, ssl_ctx if ssl_ctx is not None else make_ssl_context(), headers=request_headers(spec),
+    measured instead of the server, and would see the key. The spec's own TLS settings win over `ssl_ctx`."""
+    if ssl_ctx is None or spec.ca_cert or spec.insecure:
+        ssl_ctx = make_ssl_context(spec.ca_cert, spec.insecure)
+    return RawClient(spec.url, ssl_ctx, headers=request_headers(spec),
                      connect_timeout=spec.connect_timeout, read_timeout=spec.read_timeout)
 
 
@@ -56,7 +59,8 @@ def build_request(spec: RequestSpec, prompt: str | list[dict] | Sized) -> tuple[
 
 def request_headers(spec: RequestSpec) -> dict[str, str]:
     """What every request of this spec carries besides Host, User-Agent and Content-Length."""
-    h = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    # identity: a compressed stream cannot be timed per token (and this client does not inflate)
+    h = {"Content-Type": "application/json", "Accept": "text/event-stream", "Accept-Encoding": "identity"}
     if spec.api_key:
         h["Authorization"] = f"Bearer {spec.api_key}"
     return h
@@ -88,8 +92,11 @@ async def stream_request(
     if reply.error:
         rec.error = reply.error
     elif reply.body is not None:
-        # an HTTP error: its body is the server's message, and there was no stream to time
+        # an HTTP error (its body is the server's message), or a 200 that was no stream: nothing to time
         rec.end = perf_counter()
-        rec.error = f"HTTP {reply.status}: {error_message(reply.body)}"
+        if reply.status == 200:
+            rec.error = not_a_stream(reply.content_type, reply.content_encoding, reply.body)
+        else:
+            rec.error = f"HTTP {reply.status}: {error_message(reply.body, reply.content_type, reply.content_encoding)}"
         return rec
     return timing.finish(rec, perf_counter())

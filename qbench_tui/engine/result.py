@@ -58,6 +58,8 @@ class ServerLevel:
     num_gpu_blocks: float | None = None
     mean_ttft_s: float | None = None  # the server's own TTFT: arrival in its handler -> first token out
     mean_queue_s: float | None = None  # time spent waiting before the scheduler ran the request
+    # first to last scrape the deltas above cover (inside the level's window): the span a server rate divides by
+    span_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,8 +68,13 @@ class ServerLevel:
             "prefix_cache_hit_rate": self.prefix_cache_hit_rate, "max_kv_cache_usage": self.max_kv_cache_usage,
             "preemptions": self.preemptions, "max_running": self.max_running, "max_waiting": self.max_waiting,
             "num_gpu_blocks": self.num_gpu_blocks, "mean_ttft_ms": _ms(self.mean_ttft_s),
-            "mean_queue_ms": _ms(self.mean_queue_s),
+            "mean_queue_ms": _ms(self.mean_queue_s), "span_s": self.span_s,
         }
+
+    def rate(self, name: str) -> float | None:
+        """A counter delta per second of the scrapes' own span ("generation_tokens" -> server tok/s)."""
+        v = getattr(self, name)
+        return v / self.span_s if v is not None and self.span_s else None
 
     @classmethod
     def from_json(cls, d: dict | None) -> ServerLevel | None:
@@ -77,7 +84,7 @@ class ServerLevel:
                  "prefix_cache_hit_rate", "max_kv_cache_usage", "preemptions", "max_running", "max_waiting",
                  "num_gpu_blocks")
         return cls(**{k: d.get(k) for k in names}, mean_ttft_s=_s(d.get("mean_ttft_ms")),
-                   mean_queue_s=_s(d.get("mean_queue_ms")))
+                   mean_queue_s=_s(d.get("mean_queue_ms")), span_s=d.get("span_s"))
 
 
 def server_level(series: ServerSeries, since: float | None = None, until: float | None = None) -> ServerLevel | None:
@@ -95,6 +102,7 @@ def server_level(series: ServerSeries, since: float | None = None, until: float 
     if not seen:
         return None
     last = win.latest()
+    first = next(iter(win), None)
     return ServerLevel(
         generation_tokens=win.delta("generation_tokens"), prompt_tokens=win.delta("prompt_tokens"),
         prefix_cache_queries=win.delta("prefix_cache_queries"), prefix_cache_hits=win.delta("prefix_cache_hits"),
@@ -102,7 +110,63 @@ def server_level(series: ServerSeries, since: float | None = None, until: float 
         preemptions=win.delta("num_preemptions"), max_running=win.max("num_running"),
         max_waiting=win.max("num_waiting"), num_gpu_blocks=last.num_gpu_blocks if last else None,
         mean_ttft_s=win.mean("ttft"), mean_queue_s=win.mean("queue_time"),
+        span_s=last.t - first.t if last is not None and first is not None else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LevelWindow:
+    """Where a level was measured, so its numbers can be recomputed from `.requests.jsonl` (whose `start` is the
+    same perf_counter clock as `start`/`end` here) and compared with anything else timed on the host.
+
+    Rates are over [start, end): output tokens that arrived in it, each request's share of its life in it
+    (engine/timeline.py). Latencies are over the ok requests that started in [start, started_until) and ended by
+    `ended_by`: headless, the load is held at C until every one of them has ended (ended_by = end), so none is
+    cut and the slow ones are not dropped; live, the level's load stops at the change, so requests still running
+    then are left out (they finish under the next level's load). `settle_s`: level start to `start`; `steady`:
+    False when the settle cap was hit (settle.py); `cv`: of the window's output tokens per second."""
+
+    start: float
+    end: float
+    started_until: float
+    ended_by: float
+    start_monotonic: float
+    end_monotonic: float
+    start_wall: float
+    end_wall: float
+    settle_s: float | None = None
+    steady: bool = True
+    cv: float | None = None
+    rule: str = ""
+    notes: tuple[str, ...] = ()
+
+    @property
+    def span_s(self) -> float:
+        return self.end - self.start
+
+    def describe(self) -> str:
+        """One line for `qbench run` / `qbench sweep`: the window, and NOT STEADY when it was not."""
+        how = "steady" if self.steady else "NOT STEADY (settle cap hit)"
+        cv = f", CV {self.cv:.3f}" if self.cv is not None else ""
+        settle = f" from {self.settle_s:.2f} s after the level began" if self.settle_s is not None else ""
+        return f"window {self.span_s:.2f} s{settle}: {how}{cv}" + "".join(f"; {n}" for n in self.notes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start_perf": self.start, "end_perf": self.end, "started_until_perf": self.started_until,
+                "ended_by_perf": self.ended_by, "start_monotonic": self.start_monotonic,
+                "end_monotonic": self.end_monotonic, "start_wall": self.start_wall, "end_wall": self.end_wall,
+                "duration": self.span_s, "settle_s": self.settle_s, "steady": self.steady, "cv": self.cv,
+                "rule": self.rule, "notes": list(self.notes)}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> LevelWindow | None:
+        if not d:
+            return None
+        return cls(start=d["start_perf"], end=d["end_perf"], started_until=d["started_until_perf"],
+                   ended_by=d["ended_by_perf"], start_monotonic=d["start_monotonic"],
+                   end_monotonic=d["end_monotonic"], start_wall=d["start_wall"], end_wall=d["end_wall"],
+                   settle_s=d.get("settle_s"), steady=bool(d.get("steady", True)), cv=d.get("cv"),
+                   rule=d.get("rule") or "", notes=tuple(d.get("notes") or ()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +216,16 @@ class LevelResult:
     server_metrics: str | None = None  # headless: the /metrics schema, or why there are no server stats
     server_config: str = ""  # live: the launched server's flags while the segment ran ("" when not known)
     client: ClientLevel | None = None
+    window: LevelWindow | None = None  # where it was measured (None: files written before windows were saved)
 
     @property
     def avg_latency_s(self) -> float | None:
         return self.e2el.mean_s
+
+    @property
+    def steady(self) -> bool:
+        """False when the level's settle cap was hit; a level without a saved window counts as steady."""
+        return self.window is None or self.window.steady
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -187,6 +257,8 @@ class LevelResult:
             d["server_config"] = self.server_config
         if self.client is not None:
             d["client"] = self.client.to_json()
+        if self.window is not None:
+            d["window"] = self.window.to_json()
         return d
 
     @classmethod
@@ -204,4 +276,5 @@ class LevelResult:
             mode=d.get("mode"), window_requests=d.get("window_requests"), segment=d.get("segment"),
             server=ServerLevel.from_json(d.get("server")), server_metrics=d.get("server_metrics"),
             server_config=d.get("server_config") or "", client=ClientLevel.from_json(d.get("client")),
+            window=LevelWindow.from_json(d.get("window")),
         )

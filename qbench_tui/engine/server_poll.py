@@ -9,6 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from qbench_tui.engine.metrics_parse import MetricsParseError, ServerSample, parse_metrics
+from qbench_tui.engine.tls import make_ssl_context
 
 
 class ServerUnreachable(RuntimeError):
@@ -22,6 +23,17 @@ def _headers(api_key: str | None) -> dict[str, str]:
 def _short_timeout(total: float = 5.0) -> httpx.Timeout:
     # A scrape must never hold up the loop for long: /metrics is small and local.
     return httpx.Timeout(total, connect=min(2.0, total))
+
+
+def side_client(url: str, headers: dict[str, str] | None = None, *, timeout: float | httpx.Timeout = 5.0,
+                ca_cert: str = "", insecure: bool = False) -> httpx.AsyncClient:
+    """An httpx client for the server under test's side channels (/metrics, /version, /v1/models).
+
+    trust_env=False: no http_proxy / https_proxy / ALL_PROXY from the environment, as for the completions (the
+    raw client never asks): a proxy would see the Bearer key, and would be what gets measured. The TLS trust is
+    the load's own (engine/tls.py), so --ca-cert / --insecure mean the same for every request."""
+    return httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers or {}, timeout=timeout, trust_env=False,
+                             verify=make_ssl_context(ca_cert, insecure))
 
 
 def _describe(e: BaseException) -> str:
@@ -38,8 +50,10 @@ class MetricsPoller:
 
     def __init__(self, base_url: str, api_key: str | None = None, period: float = 1.0,
                  on_sample: Callable[[ServerSample], None] | None = None,
-                 on_error: Callable[[str], None] | None = None, timeout: float = 5.0) -> None:
+                 on_error: Callable[[str], None] | None = None, timeout: float = 5.0, *, ca_cert: str = "",
+                 insecure: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
+        self._tls = (ca_cert, insecure)
         self.period = period
         self.timeout = timeout
         self._api_key = api_key
@@ -87,8 +101,8 @@ class MetricsPoller:
         self._wake = asyncio.Event()
         if self._stopped:
             return
-        async with httpx.AsyncClient(base_url=self.base_url, headers=_headers(self._api_key),
-                                     timeout=_short_timeout(self.timeout)) as client:
+        async with side_client(self.base_url, _headers(self._api_key), timeout=_short_timeout(self.timeout),
+                               ca_cert=self._tls[0], insecure=self._tls[1]) as client:
             while not self._stopped:
                 t0 = time.monotonic()
                 try:
@@ -141,10 +155,11 @@ PROBE_KEYS = ("kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "pr
               "generation_tokens", "engines", "metrics_schema", "vllm_version", "models")
 
 
-async def probe(url: str, api_key: str | None = None, timeout: float = 5.0) -> dict:
+async def probe(url: str, api_key: str | None = None, timeout: float = 5.0, *, ca_cert: str = "",
+                insecure: bool = False) -> dict:
     """One look at a server, as `qbench probe --json` prints it (keys: PROBE_KEYS, in that order)."""
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=_headers(api_key),
-                                 timeout=_short_timeout(timeout)) as client:
+    async with side_client(url, _headers(api_key), timeout=_short_timeout(timeout), ca_cert=ca_cert,
+                           insecure=insecure) as client:
         rm = await _try_get(client, "/metrics")
         rv = await _try_get(client, "/version")
         rmod = await _try_get(client, "/v1/models")

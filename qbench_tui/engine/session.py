@@ -10,17 +10,20 @@ from pathlib import Path
 
 from ..report.files import RunMeta, result_basename, write_results
 from ..server.gpu import GpuSample, sample_gpus
+from .auto_live import LiveLadder
 from .knee import Knee, find_knee
 from .load import LoadEngine
 from .metrics_parse import ServerSample
 from .prompts import describe_source, make_prompt_source
 from .recordlog import RecordLog
 from .records import RequestRecord, RequestSpec
-from .result import LevelResult, ServerLevel, server_level
+from .result import LevelResult, server_level
+from .rolling import RollingWindow
 from .segments import SegmentStats
-from .server_poll import MetricsPoller, fetch_info
+from .server_poll import MetricsPoller, fetch_info, side_client
 from .server_series import ServerSeries
 from .snapshot import (
+    AutoLadder,
     Command,
     CurvePoint,
     EngineStatus,
@@ -35,15 +38,16 @@ from .snapshot import (
     SetConcurrency,
     Snapshot,
     Stop,
+    StopAuto,
     clamp_concurrency,
 )
-from .stats import RollingWindow, latency_view
+from .stats import latency_view
+from .views import GenRates, client_limit_why, curve_points, segment_rows
+from .window import Clocks
 
 HISTORY = 240  # points kept for sparklines/charts: wider than any chart we draw
 LAG_PERIOD = 0.05
 MIN_SEGMENT_S = 2.0  # shorter segments are transitions, not levels (SessionConfig.min_segment_s)
-CLIENT_CPU_LIMIT = 90.0  # % of one core: past this the client, not the server, may set the pace
-CLIENT_LAG_LIMIT_MS = 20.0
 
 
 def _log_edges(lo: float = 1e-3, hi: float = 120.0, n: int = 40) -> tuple[float, ...]:
@@ -65,7 +69,7 @@ class SessionConfig:
     prompts_file: str = ""
     prompt_len: int = 0
     unique_prefix: bool = False
-    window_s: float = 60.0
+    window_s: float = 5.0  # the live rates' window: short, so a change shows within seconds
     out_dir: str = "results"
     hz: float = 4.0
     simulated: bool = False
@@ -84,7 +88,9 @@ class EngineSession:
         self.spec = cfg.spec
         prompts = make_prompt_source(cfg.prompt, cfg.prompts_file, cfg.prompt_len, cfg.unique_prefix)
         self.engine = LoadEngine(cfg.spec, prompts, on_record=self._on_record)
-        self.window = RollingWindow(cfg.window_s)
+        # the live rates and latency views: the last window_s seconds of complete data (engine/rolling.py)
+        self.window = RollingWindow(cfg.window_s, timeline=self.engine.timeline, horizon=self.engine.horizon)
+        self._clocks = Clocks.now()  # perf_counter -> monotonic (the server's scrapes) and wall clock
         self.series = ServerSeries()
         self.server_error = ""
         self.version: str | None = None
@@ -120,6 +126,8 @@ class EngineSession:
         self.knee_result: Knee | None = None
         self.curve: tuple[CurvePoint, ...] = ()  # set with rows at 1 Hz; Snapshot.curve
         self.auto_state = ""  # the live ladder's progress in words; Snapshot.auto
+        self._gen_rates = GenRates(HISTORY)
+        self.auto: LiveLadder | None = None  # the latest ladder (kept after it ends: its levels, slo, verdict)
         self._client_sampled = 0.0  # perf_counter of the last client sample into the open segment
 
     # ------------------------------------------------------------ records and segments
@@ -129,8 +137,11 @@ class EngineSession:
         seg = self.segments.get(r.segment)
         if seg is not None:
             seg.add(r)
-        if self.current is not None:
-            self.current.add_throughput(r)
+        cur = self.current
+        if cur is not None and r.segment < cur.segment:
+            cur.note_older(r.end)  # the current level is not clean before this one ended
+        # every record goes to the file, warm-up ones too: their tokens after a window's start count in it
+        self.log.add(r)
         if r.warmup:
             return
         if r.ok:
@@ -139,27 +150,39 @@ class EngineSession:
             self.failed_total += 1
             self.failures[r.error] = self.failures.get(r.error, 0) + 1
             self.last_error = r.error
-        self.log.add(r)
 
     def _open_segment(self) -> None:
         now = time.perf_counter()
         self._close_segment(now)
         seg = SegmentStats(self.engine.segment, self.engine.target, now, mono_start=time.monotonic(),
-                           server_config=self.server_config)
+                           server_config=self.server_config, timeline=self.engine.timeline)
         self.segments[seg.segment] = seg
         self.current = seg
-
-    def _server_since(self, mono_start: float | None) -> ServerLevel | None:
-        return server_level(self.series, mono_start)
 
     def _close_segment(self, now: float) -> None:
         seg = self.current
         if seg is not None and seg.t_end is None:
-            seg.t_end = now
-            seg.server = self._server_since(seg.mono_start)
+            # an explicit level (RunLevel) takes the window the load engine measured it over, when it has one
+            seg.close(now, self.engine.horizon(now), self.engine.last_bounds if seg.explicit else None)
             if not len(seg.client):  # shorter than a client sample: the latest second stands for it
                 seg.client.add(self._cpu_pct, self._lag_max)
         self.current = None
+
+    def segment_result(self, seg: SegmentStats, horizon: float | None = None,
+                       now: float | None = None) -> LevelResult | None:
+        """The segment as a level now, its server stats over the same window (None before it has a window)."""
+        now = time.perf_counter() if now is None else now
+        return seg.level(self.series, self.engine.horizon(now) if horizon is None else horizon, now, self._clocks)
+
+    def level_settled(self, segment: int) -> bool:
+        """Whether live segment `segment` has its window start (settled, or the settle cap hit: see
+        SegmentStats.steady); the ladder waits on this before it measures a level."""
+        seg = self.segments.get(segment)
+        if seg is None:
+            return False
+        now = time.perf_counter()
+        seg.advance(self.engine.horizon(now), now)
+        return seg.settled
 
     # ------------------------------------------------------------ commands
 
@@ -195,6 +218,15 @@ class EngineSession:
             self.save(cmd.out_dir)
         elif isinstance(cmd, Stop):
             self._stop.set()
+        elif isinstance(cmd, AutoLadder):
+            if self.auto is not None and self.auto.running:  # `a` again, or the palette twice: one ladder at a time
+                self.auto.stop("stopped by hand")
+            else:
+                self.auto = LiveLadder(self, cmd)
+                self.auto_state = f"auto: starting at {self.auto.spec.start}"
+        elif isinstance(cmd, StopAuto):
+            if self.auto is not None:
+                self.auto.stop("stopped by hand")
         elif isinstance(cmd, ServerConfigChanged):
             if cmd.label != self.server_config:
                 self.server_config = cmd.label
@@ -226,15 +258,18 @@ class EngineSession:
     # ------------------------------------------------------------ saving
 
     def segment_levels(self) -> list[LevelResult]:
+        """The levels visited: segments with a window (settled), not shorter than min_segment_s unless asked
+        for. A level passed through on the way to another (key repeat) never settles: not a measurement."""
         now = time.perf_counter()
+        h = self.engine.horizon(now)
         out = []
         for seg in self.segments.values():
-            # a level passed through on the way to another (key repeat) is not a measurement
-            if seg.concurrency <= 0 or (seg.completed + seg.failed) == 0 or (
-                    seg.seconds(now) < self.cfg.min_segment_s and not seg.explicit):
+            if seg.concurrency <= 0 or seg.seen == 0:
                 continue
-            live = self._server_since(seg.mono_start) if seg.t_end is None else None
-            out.append(seg.result(now, live))
+            lv = self.segment_result(seg, h, now)
+            if lv is None or (lv.duration_s < self.cfg.min_segment_s and not seg.explicit):
+                continue
+            out.append(lv)
         return out
 
     def _sample_client(self) -> None:
@@ -280,36 +315,35 @@ class EngineSession:
             preemptions_total=last.num_preemptions, preemptions_per_s=s.rate("num_preemptions", w, now),
             gen_tok_s=s.rate("generation_tokens", w, now), prompt_tok_s=s.rate("prompt_tokens", w, now),
             kv_history=tuple(v or 0.0 for v in s.history("kv_cache_usage", HISTORY)),
+            running_history=tuple(v or 0.0 for v in s.history("num_running", HISTORY)),
+            waiting_history=tuple(v or 0.0 for v in s.history("num_waiting", HISTORY)),
+            gen_tok_s_history=self._gen_rates(s),
             num_gpu_blocks=int(last.num_gpu_blocks) if last.num_gpu_blocks else None,
             block_size=int(last.block_size) if last.block_size else None, gpu=self._gpu,
-            ttft_mean=s.mean("ttft", since),
+            ttft_mean=self._server_ttft(),
         )
 
-    def _rows(self, levels: list[LevelResult]) -> tuple[SegmentRow, ...]:
-        rows = []
-        for lv in levels:
-            srv = lv.server or ServerLevel()
-            dur = lv.duration_s
-            rows.append(SegmentRow(
-                segment=lv.segment or 0, concurrency=lv.max_concurrency or 0, seconds=dur, completed=lv.completed,
-                failed=lv.failed, req_s=lv.request_throughput or 0.0, tok_s=lv.output_throughput or 0.0,
-                avg_latency=lv.avg_latency_s, ttft_p50=lv.ttft.p50_s, ttft_p99=lv.ttft.p99_s, itl_p50=lv.itl.p50_s,
-                prefix_hit_rate=srv.prefix_cache_hit_rate,
-                server_gen_tok_s=srv.generation_tokens / dur if srv.generation_tokens is not None and dur > 0 else None,
-                max_kv_usage=srv.max_kv_cache_usage, preemptions=srv.preemptions, waiting_max=srv.max_waiting,
-                server_config=lv.server_config,
-            ))
-        return tuple(rows)
+    def _server_ttft(self) -> float | None:
+        """The server's mean TTFT over the rolling window's own span (requests whose first token came in it,
+        as the client's TTFT view), so the two compare."""
+        a, b = self.window.bounds(time.perf_counter())
+        if b <= a:
+            return None
+        srv = server_level(self.series, self._clocks.to_mono(a), self._clocks.to_mono(b))
+        return None if srv is None else srv.mean_ttft_s
 
     def refresh_rows(self) -> None:
         """The segment table and the knee change slowly: recomputed at 1 Hz and on demand."""
         self._sample_client()
         levels = self.segment_levels()
-        self.rows = self._rows(levels)
+        self.rows = segment_rows(levels)
         # a knee across two server configs would compare different servers: only the current config's segments
         same = [lv for lv in levels if lv.server_config == self.server_config]
-        self.knee_result = find_knee(same) if len(same) >= 2 else None
+        slo = self.auto.slo if self.auto is not None else ()
+        self.knee_result = find_knee(same, slo=slo) if len(same) >= 2 else None
         self.knee = self.knee_result.summary if self.knee_result else ""
+        ladder = self.auto.segment_ids if self.auto is not None else set()
+        self.curve = curve_points(same, ladder)
 
     def snapshot(self) -> Snapshot:
         rows, knee = self.rows, self.knee
@@ -328,9 +362,11 @@ class EngineSession:
             e2el=latency_view(w.e2el_values(), E2EL_EDGES),
             failures=tuple(sorted(self.failures.items(), key=lambda kv: -kv[1])),
             last_error=self.last_error, client_cpu_pct=self._cpu_pct, loop_lag_ms=self._lag_max,
-            client_limited=self._cpu_pct >= CLIENT_CPU_LIMIT or self._lag_max >= CLIENT_LAG_LIMIT_MS,
+            client_limited=bool(why := client_limit_why(self._cpu_pct, self._lag_max)), client_limited_why=why,
             server=self._server_view(), segments=rows, records_path=str(self.log.path),
             simulated=self.cfg.simulated, message=self.message, saved=self.saved, knee=knee, ack=self.ack,
+            curve=self.curve, verdict=self.knee_result,
+            auto=self.auto_state if self.auto is not None and self.auto.running else "",  # "" = no ladder runs
         )
 
     # ------------------------------------------------------------ background tasks
@@ -370,13 +406,12 @@ class EngineSession:
 
     async def run(self) -> None:
         loop_tasks = [asyncio.create_task(self._lag_monitor()), asyncio.create_task(self._per_second())]
-        poller = MetricsPoller(self.spec.url, self.spec.api_key, 1.0, self._on_sample, self._on_error)
+        tls = {"ca_cert": self.spec.ca_cert, "insecure": self.spec.insecure}
+        poller = MetricsPoller(self.spec.url, self.spec.api_key, 1.0, self._on_sample, self._on_error, **tls)
         loop_tasks.append(asyncio.create_task(poller.run()))
         try:
-            import httpx
-
             headers = {"Authorization": f"Bearer {self.spec.api_key}"} if self.spec.api_key else {}
-            async with httpx.AsyncClient(base_url=self.spec.url, headers=headers, timeout=5.0) as c:
+            async with side_client(self.spec.url, headers, timeout=5.0, **tls) as c:
                 self.version, _ = await fetch_info(c)
         except Exception:  # the version is a label, never a reason to stop
             pass

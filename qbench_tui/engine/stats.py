@@ -1,5 +1,5 @@
-"""Pure statistics over RequestRecords: percentiles, THE level summarizer (LevelTally -> LevelResult), display
-views and the rolling window.
+"""Pure statistics over RequestRecords: percentiles, THE level summarizer (LevelTally -> LevelResult) and display
+views (the live rolling window is engine/rolling.py; a level's window, engine/window.py).
 
 No numpy: the engine process stays light, and these lists are small enough for sorted() + bisect.
 """
@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from time import perf_counter
 from typing import NamedTuple
 
 from qbench_tui.engine.histogram import LogHistogram
@@ -145,11 +144,12 @@ class LevelTally:
 
 
 class Finished(NamedTuple):
-    """What finished inside a level's rate window, when that is not simply the level's own ok requests."""
+    """What a level's rates count when that is not simply its own ok requests: a windowed level's requests,
+    prompt tokens and output tokens inside its window (floats: a request half inside counts 0.5; timeline.py)."""
 
-    requests: int
-    in_tokens: int
-    out_tokens: int
+    requests: float
+    in_tokens: float
+    out_tokens: float
 
 
 def level_result(tally: LevelTally, duration_s: float, max_concurrency: int | None,
@@ -240,108 +240,3 @@ def latency_view(values: Sequence[float], edges: Sequence[float] = DEFAULT_EDGES
         p99=_pct_sorted(xs, 99),
         max=xs[-1],
     )
-
-
-# ---------------------------------------------------------------- rolling window
-
-
-class RollingWindow:
-    """Records that ended in the last `window_s` seconds (perf_counter clock), with running totals.
-
-    Records are expected roughly in end order (they are added as they finish); eviction goes from the left, so
-    a straggler added late is evicted late, never lost. Rates divide by min(window_s, time since reset), floored
-    at `min_span_s` so the first few milliseconds of a run don't show absurd rates.
-    """
-
-    def __init__(self, window_s: float = 10.0, now: float | None = None, *, min_span_s: float = 0.5) -> None:
-        self.window_s = window_s
-        self.min_span_s = min_span_s
-        self._recs: deque[RequestRecord] = deque()
-        # values of the ok records, kept in record order beside _recs so the 4 Hz snapshot copies them in C
-        # (list(deque)) instead of walking ~10k records and their properties
-        self._ttft: deque[float] = deque()
-        self._e2el: deque[float] = deque()
-        self._itl = LogHistogram()  # every ITL of the window, not a newest-N sample
-        self._t0 = perf_counter() if now is None else now
-        self._out_tokens = 0
-        self._completed = 0
-        self._failed = 0
-        self._failures: Counter[str] = Counter()
-
-    def reset(self, now: float) -> None:
-        self._recs.clear()
-        self._ttft.clear()
-        self._e2el.clear()
-        self._itl.clear()
-        self._t0 = now
-        self._out_tokens = self._completed = self._failed = 0
-        self._failures.clear()
-
-    def add(self, rec: RequestRecord) -> None:
-        self._recs.append(rec)
-        if rec.ok:
-            self._completed += 1
-            self._out_tokens += rec.out_tokens
-            self._e2el.append(rec.end - rec.start)
-            if rec.ttft is not None:
-                self._ttft.append(rec.ttft)
-            if rec.itl:
-                self._itl.add_many(rec.itl)
-        else:
-            self._failed += 1
-            self._failures[rec.error or "unknown"] += 1
-
-    def evict(self, now: float) -> None:
-        cutoff = now - self.window_s
-        recs = self._recs
-        while recs and recs[0].end < cutoff:
-            r = recs.popleft()
-            if r.ok:
-                self._completed -= 1
-                self._out_tokens -= r.out_tokens
-                self._e2el.popleft()
-                if r.ttft is not None:
-                    self._ttft.popleft()
-                if r.itl:
-                    self._itl.remove_many(r.itl)
-            else:
-                self._failed -= 1
-                k = r.error or "unknown"
-                self._failures[k] -= 1
-                if self._failures[k] <= 0:
-                    del self._failures[k]
-
-    def span(self, now: float) -> float:
-        return max(self.min_span_s, min(self.window_s, now - self._t0))
-
-    def out_tok_s(self, now: float) -> float:
-        self.evict(now)
-        return self._out_tokens / self.span(now)
-
-    def req_s(self, now: float) -> float:
-        self.evict(now)
-        return self._completed / self.span(now)
-
-    @property
-    def completed(self) -> int:
-        return self._completed
-
-    @property
-    def failed(self) -> int:
-        return self._failed
-
-    def __len__(self) -> int:
-        return len(self._recs)
-
-    def ttft_values(self) -> list[float]:
-        return list(self._ttft)
-
-    def e2el_values(self) -> list[float]:
-        return list(self._e2el)
-
-    def itl_view(self, edges: Sequence[float] = DEFAULT_EDGES) -> LatencyView:
-        """Every ITL of the window's ok records, binned (percentiles within a 0.5% bin: see LogHistogram)."""
-        return self._itl.view(edges)
-
-    def failures(self) -> dict[str, int]:
-        return dict(self._failures.most_common())

@@ -68,6 +68,7 @@ class RunMeta:
     # where each setting that is not a default came from ("load.max_tokens": "cli", "api_key": "env:NAME", ...):
     # origins only, never a value, so the API key's stays out of every file
     config_sources: dict[str, str] = field(default_factory=dict)
+    ladder: str = ""  # --auto: how the levels were chosen ("auto ladder from 1, x2 up to 1024, ..."); "" = given
 
 
 def _f(v: Any, nd: int = 2) -> str:
@@ -94,6 +95,16 @@ def classic_table(levels: list[LevelResult]) -> str:
     return "\n".join(out)
 
 
+def verdict_lines(knee: Knee) -> list[str]:
+    """The verdict (its cause inside), goodput under an SLO and the two recommendations, one line each."""
+    lines = [knee.summary] if knee.summary else []
+    if knee.slo:
+        lines.append(f"SLO:         {knee.slo}; goodput "
+                     + (f"at C={knee.goodput_concurrency} ({knee.goodput_output_throughput or 0:.0f} tok/s)"
+                        if knee.goodput_concurrency is not None else "none: no level met it"))
+    return lines + knee.advice()
+
+
 def render_txt(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = None) -> str:
     sim = "  (SIMULATED server: numbers come from qbench's simulator, not a real model)" if meta.simulated else ""
     lines = [
@@ -113,16 +124,19 @@ def render_txt(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = Non
         f"  Prompt:         {meta.prompt!r}" if meta.prompt_source == "fixed" else
         f"  Prompts:        {meta.prompt_source}",
         f"  Max tokens:     {meta.max_tokens}" + ("  (ignore_eos)" if meta.ignore_eos else ""),
-        f"  Levels:         {', '.join(str(c) for c in meta.levels)}",
+        f"  Levels:         {', '.join(str(c) for c in meta.levels)}"
+        + (f"  ({meta.ladder})" if meta.ladder else ""),
         f"  Mode:           {meta.mode}" + ("  (exactly C requests fired at once per level; total time = first "
                                             "start to last end)" if meta.mode == "wave" else
-                                            "  (closed loop at C; warm-up excluded)"),
+                                            "  (closed loop at C; each level measured once settled: see its window)"),
         f"  Endpoint:       /v1/{'chat/completions' if meta.endpoint == 'chat' else 'completions'} (streaming)",
     ]
     if meta.unique_prefix:
         lines.append("  Unique prefix:  yes (a random prefix per request defeats prefix caching)")
-    lines += ["", "Results", classic_table(levels), ""]
-    for lv in levels:
+    # a ladder measures out of order (refinement comes back down): its table reads by concurrency
+    shown = sorted(levels, key=lambda lv: lv.max_concurrency or 0) if meta.ladder else levels
+    lines += ["", "Results", classic_table(shown), ""]
+    for lv in shown:
         srv = lv.server
         lines.append(f"Concurrency {lv.max_concurrency}: {lv.completed} ok, {lv.failed} failed"
                      + (f"  [server: {lv.server_config}]" if lv.server_config and
@@ -147,7 +161,7 @@ def render_txt(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = Non
         for reason, n in lv.failures.items():
             lines.append(f"  failed {n}x: {reason}")
     if knee:
-        lines += ["", "Saturation", f"  {knee.summary}"]
+        lines += ["", "Saturation"] + [f"  {line}" for line in verdict_lines(knee)]
     if meta.notes:
         lines += ["", "Notes"] + [f"  {n}" for n in meta.notes]
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from functools import partial
+from dataclasses import replace
 
 from textual import on
 from textual.app import App, SystemCommand
@@ -23,7 +23,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from qbench_tui.engine.snapshot import (
-    MAX_CONCURRENCY,
+    AutoLadder,
     Command,
     Pause,
     ResetWindow,
@@ -32,11 +32,13 @@ from qbench_tui.engine.snapshot import (
     ServerConfigChanged,
     SetConcurrency,
     Snapshot,
+    StopAuto,
     clamp_concurrency,
 )
 from qbench_tui.server.handle import ServerHandle, ServerState
 from qbench_tui.tui.control import LiveControl
 from qbench_tui.tui.link import EngineLink, close_quietly, drain, open_engine, save_and_close
+from qbench_tui.tui.palette import dashboard_commands
 from qbench_tui.tui.restart import RestartFlow
 from qbench_tui.tui.screens.concurrency_input import ConcurrencyInput
 from qbench_tui.tui.screens.dashboard import DashboardScreen
@@ -61,6 +63,7 @@ class QBenchApp(App):
     # what the dashboard shows of the live control state (bound into it; see DashboardScreen)
     target: var[int] = var(0)
     paused: var[bool] = var(False)
+    auto: var[bool] = var(False)
     simulated: var[bool] = var(False)
     engine_up: var[bool] = var(False)
 
@@ -75,6 +78,7 @@ class QBenchApp(App):
         start_concurrency: int = 8,
         start_paused: bool = False,
         poll_period: float = POLL_PERIOD,
+        auto_ladder: AutoLadder | None = None,
     ) -> None:
         super().__init__()
         self._engine_factory = engine_factory
@@ -83,6 +87,8 @@ class QBenchApp(App):
         self.out_dir = out_dir
         self.start_paused = start_paused
         self.poll_period = poll_period  # tests poll faster: ticks, not seconds, are what they wait for
+        # what `a` asks for (maximum, budget, SLO, hold from the command line); its start is the target then
+        self.auto_ladder = auto_ladder if auto_ladder is not None else AutoLadder()
 
         self.engine: EngineLink | None = None
         self.snapshot: Snapshot | None = None
@@ -104,7 +110,7 @@ class QBenchApp(App):
     # ------------------------------------------------------------------ lifecycle
     async def on_mount(self) -> None:
         self.dashboard = DashboardScreen(show_log=self.server is not None).data_bind(
-            QBenchApp.target, QBenchApp.paused, QBenchApp.simulated, QBenchApp.engine_up)
+            QBenchApp.target, QBenchApp.paused, QBenchApp.auto, QBenchApp.simulated, QBenchApp.engine_up)
         # wait for the dashboard's widgets: a snapshot applied before its on_mount would be painted over
         await self.push_screen(self.dashboard)
         self._update_title()
@@ -125,7 +131,7 @@ class QBenchApp(App):
         self._update_title()
 
     def _show_control(self) -> None:
-        self.target, self.paused = self.control.target, self.control.paused
+        self.target, self.paused, self.auto = self.control.target, self.control.paused, self.control.auto
 
     def _start_engine(self) -> None:
         # the factory may spawn a process: keep it off the event loop
@@ -211,6 +217,7 @@ class QBenchApp(App):
             rc = server.returncode
             if self.engine is not None and self._server_state == ServerState.READY:
                 # died under load: stop sending into the void and keep what was measured so far
+                self._stop_ladder_for("the server died")
                 self._send(Pause())
                 self._send(Save(self.out_dir))
             self.notify(
@@ -263,7 +270,25 @@ class QBenchApp(App):
     def set_concurrency(self, n: int) -> None:
         n = clamp_concurrency(n)
         if n != self.control.target:  # e.g. "down" at 0: no new segment for a non-change
+            self._stop_ladder_for("a level set by hand")
             self._send(SetConcurrency(n))
+
+    def _stop_ladder_for(self, why: str) -> None:
+        """A hand on the controls ends the ladder: it cannot hold a level to steady while the level moves. What
+        it measured stays (StopAuto keeps its levels); the new level is a hand-made point on the same curve."""
+        if self.control.auto and self._send(StopAuto()):
+            self.notify(f"auto ladder stopped: {why} (its levels are kept)", severity="warning", timeout=5)
+
+    def action_toggle_auto(self) -> None:
+        if self.control.auto:
+            if self._send(StopAuto()):
+                self.notify("auto ladder stopped: its levels are kept", timeout=4)
+            return
+        start = max(1, self.control.target)
+        if self._send(replace(self.auto_ladder, start=start)):
+            self.notify(f"auto ladder from C={start}: each level held until steady; a stops it", timeout=5)
+            if self.dashboard is not None:
+                self.dashboard.show_curve()
 
     def action_change_concurrency(self, delta: int) -> None:
         self.set_concurrency(self.control.target + delta)
@@ -276,6 +301,8 @@ class QBenchApp(App):
         self.push_screen(ConcurrencyInput(self.control.target), done)
 
     def action_toggle_pause(self) -> None:
+        if not self.control.paused:
+            self._stop_ladder_for("the load was paused")
         self._send(Resume() if self.control.paused else Pause())
 
     def action_reset_window(self) -> None:
@@ -311,6 +338,8 @@ class QBenchApp(App):
         assert self.server is not None
         running = self.engine is not None and not self.control.paused
         self.restart_flow.begin(load_running=running)
+        if self.engine is not None:
+            self._stop_ladder_for("the server restarts with other flags")
         if running:
             self._send(Pause())
         if self.startup is not None:  # another try after a failed start: the same screen, its clock restarted
@@ -368,22 +397,8 @@ class QBenchApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        if screen is not self.dashboard:
-            return
-        for delta in (1, -1, 10, -10):
-            verb = "Raise" if delta > 0 else "Lower"
-            yield SystemCommand(f"Concurrency {delta:+d}", f"{verb} the target concurrency by {abs(delta)}",
-                                partial(self.action_change_concurrency, delta))
-        yield SystemCommand("Set concurrency…", f"Type a target concurrency (0..{MAX_CONCURRENCY})",
-                            self.action_ask_concurrency)
-        yield SystemCommand("Pause / resume", "Pause or resume the load", self.action_toggle_pause)
-        yield SystemCommand("Reset window", "Restart the rolling window", self.action_reset_window)
-        yield SystemCommand("Save results", f"Write results to {self.out_dir}/ now", self.action_save)
-        if self.server is not None and self.server.restartable:
-            yield SystemCommand("Restart server with other flags…", "Pause, restart vllm serve with changed flags, "
-                                "resume", self.action_restart_server)
-        yield SystemCommand("Cycle latency histogram", "Show the next latency histogram", self.action_cycle_latency)
-        yield SystemCommand("Help: qbench keys", "Show every qbench key", self.action_show_help)
+        if screen is self.dashboard:
+            yield from dashboard_commands(self)
 
     # ------------------------------------------------------------------ shutdown
     async def shutdown(self) -> None:

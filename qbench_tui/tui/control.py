@@ -11,12 +11,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from qbench_tui.engine.snapshot import (
+    AutoLadder,
     Command,
     EngineStatus,
     Pause,
     Resume,
     SetConcurrency,
     Snapshot,
+    StopAuto,
     clamp_concurrency,
 )
 
@@ -26,9 +28,11 @@ class LiveControl:
         # before the first snapshot the engine has said nothing: what the face will ask for is all there is
         self._engine_target = clamp_concurrency(target)
         self._engine_paused = paused
+        self._engine_auto = False
         self._seq = 0
         self._target: tuple[int, int] | None = None  # (value, seq) asked for and not yet applied
         self._paused: tuple[bool, int] | None = None
+        self._auto: tuple[bool, int] | None = None
 
     @property
     def target(self) -> int:
@@ -39,12 +43,17 @@ class LiveControl:
         return self._paused[0] if self._paused is not None else self._engine_paused
 
     @property
+    def auto(self) -> bool:
+        """A ladder runs (Snapshot.auto is not empty), or one was asked for and the engine has not applied it."""
+        return self._auto[0] if self._auto is not None else self._engine_auto
+
+    @property
     def last_seq(self) -> int:
         return self._seq
 
     @property
     def pending(self) -> bool:
-        return self._target is not None or self._paused is not None
+        return self._target is not None or self._paused is not None or self._auto is not None
 
     def stamp(self, cmd: Command) -> Command:
         """Number a command about to be sent, and remember what it asks for until the engine applies it."""
@@ -54,12 +63,17 @@ class LiveControl:
             self._target = (clamp_concurrency(cmd.n), self._seq)
         elif isinstance(cmd, (Pause, Resume)):
             self._paused = (isinstance(cmd, Pause), self._seq)
+        elif isinstance(cmd, (AutoLadder, StopAuto)):
+            self._auto = (isinstance(cmd, AutoLadder), self._seq)
         return cmd
 
     def seen(self, snap: Snapshot) -> None:
         self._engine_target = snap.target_concurrency
         self._engine_paused = snap.status == EngineStatus.PAUSED
+        self._engine_auto = bool(snap.auto)
         if self._target is not None and snap.ack >= self._target[1]:
             self._target = None
         if self._paused is not None and snap.ack >= self._paused[1]:
             self._paused = None
+        if self._auto is not None and snap.ack >= self._auto[1]:
+            self._auto = None

@@ -253,3 +253,58 @@ def test_rejects_non_http_urls():
     for url in ("ftp://x", "localhost:8000", "http://"):
         with pytest.raises(ValueError):
             RawClient(url)
+
+
+# Bare-LF heads and chunk lines, from hand-written servers: read as if CRLF (they used to wait for the read
+# timeout, 600 s by default, for a "\r\n\r\n" that never came).
+LF_RESPONSES: dict[str, tuple[bytes, bytes]] = {
+    "lf-head-chunked": (chunked(*PARTS, head=b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n"), BODY),
+    "lf-everywhere": (b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5\nhello\n6;x=y\n world\n0\nX-T: 1\n\n",
+                      b"hello world"),
+    "lf-head-length-crlf-body": (b"HTTP/1.1 200 OK\nContent-Length: 22\n\ndata: a\r\n\r\ndata: b\r\n\r\n",
+                                 b"data: a\r\n\r\ndata: b\r\n\r\n"),
+    "mixed-head": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\r\nok", b"ok"),
+}
+
+
+@pytest.mark.parametrize("name", list(LF_RESPONSES))
+async def test_bare_lf_responses_parse_at_every_split(server, name):
+    raw, want = LF_RESPONSES[name]
+    for i in range(len(raw) + 1):
+        server.scripts[f"{name}-{i}"] = Script([raw[:i], raw[i:]] if 0 < i < len(raw) else [raw])
+    async with RawClient(server.url, read_timeout=3.0) as client:
+        for i in range(len(raw) + 1):
+            reply, sink = await post(client, f"{name}-{i}")
+            assert (reply.status, reply.error, reply.body) == (200, "", None), i
+            assert sink.body == want and len(sink.ended) == 1, i
+    assert server.connections == 1
+
+
+async def test_not_http_at_all_fails_at_once(server):
+    # what an https port (or another protocol) sends back to a plain-http request: no head will ever end
+    server.scripts["tls"] = Script([b"\x15\x03\x03\x00\x02\x02\x46"], then="stall")
+    loop = asyncio.get_running_loop()
+    async with RawClient(server.url, read_timeout=30.0) as client:
+        t0 = loop.time()
+        reply, sink = await post(client, "tls")
+    assert reply.error.startswith("connection error: not an HTTP response") and loop.time() - t0 < 5
+    assert sink.reads == [] and reply.status is None
+
+
+@pytest.mark.parametrize("head, ctype, cenc", [
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n", "text/html; charset=utf-8", ""),
+    (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n", "application/json", ""),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: GZIP\r\n", "text/event-stream",
+     "gzip"),
+], ids=["html", "json", "gzip"])
+async def test_a_200_that_is_no_event_stream_is_collected_not_streamed(server, head, ctype, cenc):
+    server.scripts["n"] = Script([head + b"Content-Length: 5\r\n\r\nhello"])
+    async with RawClient(server.url) as client:
+        reply, sink = await post(client, "n")
+        assert (reply.status, reply.error, reply.body) == (200, "", b"hello")
+        assert (reply.content_type, reply.content_encoding) == (ctype, cenc)
+        assert sink.reads == [] and sink.ended == []
+        server.scripts["s"] = Script([chunked(b"ok", head=b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; "
+                                                          b"charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n")])
+        reply, sink = await post(client, "s")  # same connection: the collected body was framed exactly
+    assert (reply.body, sink.body, len(sink.ended)) == (None, b"ok", 1) and server.connections == 1

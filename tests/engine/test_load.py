@@ -127,13 +127,17 @@ async def test_steady_with_request_count(slow_server):
     finally:
         await eng.stop()
     snap = srv.snapshot()
-    assert snap["total"] == 10 and len(recs) == 10
-    assert snap["max_current"] <= 3
-    assert all(r.ok and not r.warmup for r in recs)
+    b = eng.last_bounds
+    assert b is not None and b.steady and b.t_start <= b.start < b.started_until <= b.end == b.ended_by
+    measured = [r for r in recs if b.counts(r)]
+    # exactly the 10 that started first once settled, all ended while the load was still held at 3
+    assert len(measured) == 10 and all(r.ok for r in measured)
+    assert sorted(measured, key=lambda r: r.start) == sorted((r for r in recs if r.start >= b.start),
+                                                             key=lambda r: r.start)[:10]
+    assert any(r.start >= b.started_until for r in recs)  # the 11th kept the load up while they finished
+    assert len(recs) == snap["total"] and snap["max_current"] <= 3
     assert eng.workers == 0 and eng.in_flight == 0
-    assert eng.last_level_duration == pytest.approx(max(r.end for r in recs) - min(r.start for r in recs))
-    s = summarize(recs, eng.last_level_duration, 3)
-    assert s["completed"] == 10 and s["total_output_tokens"] == 100
+    assert eng.last_level_duration == pytest.approx(b.end - b.start)
 
 
 async def test_steady_duration_with_warmup_excluded():
@@ -208,7 +212,11 @@ async def test_failures_recorded_not_raised():
             recs = await eng.run_steady(2, requests=4)
         finally:
             await eng.stop()
-    assert len(recs) == 4 and all(r.error == "HTTP 503: down" for r in recs)
+    b = eng.last_bounds
+    assert all(r.error == "HTTP 503: down" for r in recs)
+    # nothing succeeds, so there is nothing to settle: measured at once, marked not steady
+    assert b is not None and not b.steady and b.start == b.t_start
+    assert len([r for r in recs if b.counts(r)]) == 4
 
 
 async def test_stop_cancels_in_flight_and_records_nothing_partial():

@@ -37,10 +37,17 @@ METHODOLOGY = {"prompt", "prompt_source", "max_tokens", "levels", "mode", "endpo
                "temperature"}
 SATURATION = {"saturated", "knee_concurrency", "peak_concurrency", "peak_output_throughput", "cause", "summary"}
 # --- added since (add-only)
-ADDED_LEVEL = {"client"}  # the load engine's CPU % and event-loop lag over the level (the "client" cause)
+ADDED_LEVEL = {"client",  # the load engine's CPU % and event-loop lag over the level (the "client" cause)
+               "window"}  # where the level was measured: clocks, settle, steady, the rule (WINDOW below)
+WINDOW = {"start_perf", "end_perf", "started_until_perf", "ended_by_perf", "start_monotonic", "end_monotonic",
+          "start_wall", "end_wall", "duration", "settle_s", "steady", "cv", "rule", "notes"}
+ADDED_SERVER = {"span_s"}  # first to last scrape inside the window: what a server rate divides by
 ADDED_TOP = {"config_sources"}  # where each non-default setting came from (never a value)
-ADDED_LIVE_SERVER = SERVER - LIVE_SERVER  # one server summary for live segments and headless levels alike
+ADDED_LIVE_SERVER = (SERVER - LIVE_SERVER) | {"span_s"}  # one server summary for live and headless levels alike
 CLIENT = {"cpu_pct", "loop_lag_ms", "max_loop_lag_ms"}
+# the knee rule's share, the cause as a word, the two recommendations and goodput under an SLO
+ADDED_SATURATION = {"knee_share", "cause_kind", "interactive_concurrency", "interactive_why", "batch_concurrency",
+                    "batch_why", "slo", "goodput_concurrency", "goodput_output_throughput"}
 SECRET = "sk-qbench-test-SECRET-456"
 
 
@@ -57,6 +64,7 @@ def _check_level(lv: dict, today: set[str]) -> None:
     assert today <= set(lv), today - set(lv)
     assert set(lv) - today == ADDED_LEVEL
     assert set(lv["client"]) == CLIENT
+    assert set(lv["window"]) == WINDOW
     assert _same(LevelResult.from_json(lv).to_json(), lv)  # and it reads back, in the same key order
 
 
@@ -69,8 +77,9 @@ def test_run_json_level_keys(sim):
     r = run_qbench("run", "--url", sim.url, "-c", "2", "--requests", "4", "--max-tokens", "8", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    _check_level(d, HEADLESS_LEVEL)
-    assert set(d["server"]) == SERVER
+    # a steady level counted by requests has a window too now, so "window_requests" as well (added)
+    _check_level(d, HEADLESS_LEVEL | {"window_requests"})
+    assert set(d["server"]) == SERVER | ADDED_SERVER
     r = run_qbench("run", "--url", sim.url, "-c", "2", "--mode", "steady", "--duration", "1", "--max-tokens", "8",
                    "--json")
     assert r.returncode == 0, r.stderr
@@ -84,10 +93,10 @@ def test_sweep_file_keys(sim, tmp_path):
     text = next(tmp_path.glob("benchmark_*.json")).read_text()
     d = json.loads(text)
     assert TOP <= set(d) and set(d) - TOP == ADDED_TOP
-    assert set(d["methodology"]) == METHODOLOGY and set(d["saturation"]) == SATURATION
+    assert set(d["methodology"]) == METHODOLOGY and set(d["saturation"]) == SATURATION | ADDED_SATURATION
     for lv in d["levels"]:
         _check_level(lv, HEADLESS_LEVEL)
-        assert set(lv["server"]) == SERVER
+        assert set(lv["server"]) == SERVER | ADDED_SERVER
     assert Knee.from_json(d["saturation"]).to_json() == d["saturation"]
     # provenance of the settings: the flags given, the key's origin, never the key
     assert d["config_sources"]["sweep.levels"] == "cli" and d["config_sources"]["api_key"] == "cli"
@@ -111,7 +120,7 @@ def test_live_saved_keys(sim, tmp_path):
     d = json.loads(Path(s.saved[1]).read_text())
     assert TOP <= set(d) and set(d) - TOP == ADDED_TOP
     assert d["config_sources"] == {"load.max_tokens": "cli", "api_key": "none"}
-    assert set(d["saturation"]) == SATURATION
+    assert set(d["saturation"]) == SATURATION | ADDED_SATURATION
     assert len(d["levels"]) == 1
     for lv in d["levels"]:
         _check_level(lv, LIVE_LEVEL)

@@ -12,6 +12,7 @@ from qbench_tui.engine.records import RequestSpec
 from qbench_tui.engine.session import SessionConfig
 from qbench_tui.engine.snapshot import Pause, ResetWindow, Resume, RunLevel, Save, ServerConfigChanged, SetConcurrency
 from tests.fakes.scripted_sse import Scenario, ScriptedSSEServer
+from tests.levels_files import check_recomputed, read_records
 
 # A segment counts as a level once it has lasted this long (the product's 2 s, shortened so tests need not sleep
 # through it); a key-repeat transition here lasts milliseconds, far below it.
@@ -174,6 +175,25 @@ def test_wave_level_by_command(server, tmp_path):
         assert row.completed == 6
     finally:
         eng.close()
+
+
+def test_steady_level_by_command_is_saved_with_its_window(server, tmp_path):
+    spec = RequestSpec(url=server.url, model="m", max_tokens=5)
+    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path)))
+    try:
+        assert eng.wait_for(lambda s: s.status == "running", 30)
+        eng.send(RunLevel(3, mode="steady", duration=1.0))
+        assert eng.wait_for(lambda s: "done" in s.message, 60)
+        eng.send(Save(str(tmp_path / "saved")))
+        s = eng.wait_for(lambda s: bool(s.saved), 30)
+        assert s is not None
+    finally:
+        eng.close()
+    (lv,) = json.loads(Path(s.saved[1]).read_text())["levels"]
+    w = lv["window"]
+    # the load engine's own window (settled, held at C until its requests ended), not the segment's wall time
+    assert lv["max_concurrency"] == 3 and w["steady"] and w["started_until_perf"] - w["start_perf"] == 1.0
+    check_recomputed(lv, read_records(Path(s.saved[2])))
 
 
 def test_engine_dies_with_parent(tmp_path, server):

@@ -8,11 +8,11 @@ import pytest
 from qbench_tui.engine.histogram import LogHistogram
 from qbench_tui.engine.records import RequestRecord
 from qbench_tui.engine.result import LevelResult
+from qbench_tui.engine.rolling import RollingWindow
 from qbench_tui.engine.snapshot import LatencyView
 from qbench_tui.engine.stats import (
     Finished,
     LevelTally,
-    RollingWindow,
     latency_view,
     level_result,
     log_edges,
@@ -163,8 +163,10 @@ def test_rolling_window_rates_young_and_full():
     assert w.req_s(102.0) == approx(1.0)
     # later: full window, the first record evicted at t=111.5 (ended 101 < 101.5)
     w.add(_wrec(110.0, out=50))
-    assert w.out_tok_s(111.5) == approx(80 / 10)
-    assert w.completed == 2 and len(w) == 2
+    # tokens that ARRIVED in [101.5, 111.5): the second request's came at 101.2, though it ended at 102
+    assert w.out_tok_s(111.5) == approx(50 / 10)
+    # the latency views: requests whose first token came in the window (the first two's came before 101.5)
+    assert w.completed == 1 and len(w) == 1
 
 
 def test_rolling_window_failures_values_and_reset():
@@ -173,6 +175,7 @@ def test_rolling_window_failures_values_and_reset():
     w.add(_wrec(2.0, ok=False, err="read timeout"))
     w.add(_wrec(3.0, ok=False, err="HTTP 500: x"))
     w.add(_wrec(4.0, itl=(0.1, 0.2)))
+    w.evict(4.0)  # records join the views when the window's end (the horizon) reaches them
     assert w.failures() == {"read timeout": 2, "HTTP 500: x": 1}
     assert w.ttft_values() == [0.2] and w.e2el_values() == approx([1.0])
     v = w.itl_view()
@@ -197,6 +200,7 @@ def test_rolling_window_itl_view_covers_the_whole_window():
     w = RollingWindow(100.0, now=0.0)
     w.add(_wrec(1.0, itl=[0.001] * 40_000))
     w.add(_wrec(2.0, itl=[0.004] * 30_000))
+    w.evict(2.0)
     v = w.itl_view()
     assert v.count == 70_000 and v.p50 == approx(0.001, rel=0.003) and v.p90 == approx(0.004, rel=0.003)
 
@@ -223,7 +227,14 @@ def test_log_histogram_view_matches_exact_views():
     assert h.count == 0 and h.total == 0.0 and not any(h.counts) and h.view(edges).p50 is None
 
 
-def test_rolling_window_rate_floor():
+def test_rolling_window_rate_floor_and_horizon():
     w = RollingWindow(10.0, now=0.0, min_span_s=0.5)
-    w.add(_wrec(0.01))
-    assert math.isfinite(w.req_s(0.01)) and w.req_s(0.01) == approx(2.0)
+    w.add(_wrec(0.6))
+    assert math.isfinite(w.req_s(0.61)) and w.req_s(0.61) == approx(0.5 / 0.5)  # [0, 0.5): half of a 1 s life
+    # the window ends where the data are complete: with a request in flight since 1.0, nothing after it counts yet
+    h = {"t": 1.0}
+    w = RollingWindow(10.0, now=0.0, horizon=lambda now: min(now, h["t"]))
+    w.add(_wrec(3.0, out=20))  # started at 2.0, after the one still in flight
+    assert w.out_tok_s(3.0) == 0.0 and len(w) == 0
+    h["t"] = 3.0
+    assert w.out_tok_s(3.0) == approx(20 / 3.0) and len(w) == 1

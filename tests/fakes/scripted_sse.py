@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 @dataclass
 class Scenario:
-    kind: str = "ok"  # ok | http_error | stream_error | reset | stall | early_end | no_usage
+    kind: str = "ok"  # ok | http_error | whole | stream_error | reset | stall | early_end | no_usage
+    # http_error / whole: one response of `status` with `error_body` as its whole body (whole: a 200 that is
+    # no event stream, e.g. an HTML page or a non-streaming completion)
     tokens: int = 5  # content chunks
     delay: float = 0.0  # seconds between events
     hold: float = 0.0  # seconds before the first event (queueing)
@@ -31,6 +33,8 @@ class Scenario:
     comments: bool = False  # ": ping" lines between events
     status: int = 200
     error_body: bytes = b""
+    content_type: str = "application/json"
+    content_encoding: str = ""
     after: int = 2  # events sent before an error / reset / stall / early end
     stall: float = 5.0
 
@@ -199,9 +203,10 @@ class ScriptedSSEServer:
         try:
             if sc.hold:
                 await asyncio.sleep(sc.hold)
-            if sc.kind == "http_error":
+            if sc.kind in ("http_error", "whole"):
+                enc = f"content-encoding: {sc.content_encoding}\r\n" if sc.content_encoding else ""
                 writer.write(
-                    f"HTTP/1.1 {sc.status} Error\r\ncontent-type: application/json\r\n"
+                    f"HTTP/1.1 {sc.status} Whatever\r\ncontent-type: {sc.content_type}\r\n{enc}"
                     f"content-length: {len(sc.error_body)}\r\n\r\n".encode() + sc.error_body
                 )
                 await writer.drain()

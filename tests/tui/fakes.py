@@ -26,8 +26,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from qbench_tui.engine.knee import Knee
 from qbench_tui.engine.snapshot import (
+    AutoLadder,
     Command,
+    CurvePoint,
     EngineStatus,
     LatencyView,
     Pause,
@@ -40,6 +43,7 @@ from qbench_tui.engine.snapshot import (
     SetConcurrency,
     Snapshot,
     Stop,
+    StopAuto,
 )
 from qbench_tui.server.gpu import GpuSample
 from qbench_tui.server.handle import Phase, ServerState
@@ -79,10 +83,38 @@ def _view(center_bin: float, width: float, total: int) -> LatencyView:
     )
 
 
-def sample_snapshot(*, simulated: bool = False, schema: str = "v1", gpu: bool = True) -> Snapshot:
-    """A busy, fixed Snapshot (C=64, three segments visited) with every panel populated."""
+# engine/knee.find_knee's words for sample_snapshot's levels 8 -> 32 -> 64
+KNEE_CAUSE = ("the KV cache is full (max usage 78%, 12 preemptions): requests wait for blocks or are recomputed; "
+              "more GPU memory, a shorter max_model_len or a smaller max_num_seqs help")
+KNEE = ("saturated past concurrency 32: going to 64 changed output tok/s by +14% for +100% concurrency while mean "
+        f"latency rose +8%. Peak 3288 tok/s at 64. Why: {KNEE_CAUSE}")
+
+
+def sample_curve() -> tuple[CurvePoint, ...]:
+    """sample_snapshot's three levels as the curve: one by hand, two by the ladder, the open one not yet steady."""
+    return (
+        CurvePoint(8, 1010.2, 8.0, 0.95, 1.62, 0.090),
+        CurvePoint(32, 2890.7, 24.0, 1.25, 2.41, 0.180, auto=True),
+        CurvePoint(64, 3288.1, 44.7, 1.38, 3.94, 0.420, steady=False, auto=True),
+    )
+
+
+def sample_verdict() -> Knee:
+    return Knee(saturated=True, knee_concurrency=32, peak_concurrency=64, peak_output_throughput=3288.1,
+                cause=KNEE_CAUSE, summary=KNEE, cause_kind="kv_cache", interactive_concurrency=32,
+                interactive_why="C=32: 2891 tok/s, 24.00 req/s, latency p50 1.25 s / p99 2.41 s, TTFT p99 180 ms",
+                batch_concurrency=64, batch_why="C=64: the peak, 3288 tok/s, 44.70 req/s, latency p50 1.38 s")
+
+
+def sample_snapshot(*, simulated: bool = False, schema: str = "v1", gpu: bool = True,
+                    verdict: bool = True) -> Snapshot:
+    """A busy, fixed Snapshot (C=64, three segments visited) with every panel populated, the saturation verdict
+    (Snapshot.knee and .verdict) included as the engine gives it for two levels or more (verdict=False: not yet)."""
     tok_hist = tuple(float(900 + 40 * i + (35 if i % 3 == 0 else 0)) for i in range(60))
     kv_hist = tuple(round(0.2 + 0.01 * i, 3) for i in range(60))
+    run_hist = tuple(float(min(61, 8 + i)) for i in range(60))
+    wait_hist = tuple(float(max(0, i - 50)) for i in range(60))
+    gen_hist = tuple(t * 1.01 for t in tok_hist)
     if schema == "none":
         server = ServerView(reachable=True, schema="none", model="my-model")
     else:
@@ -101,6 +133,9 @@ def sample_snapshot(*, simulated: bool = False, schema: str = "v1", gpu: bool = 
             gen_tok_s=3301.4,
             prompt_tok_s=8200.0,
             kv_history=kv_hist,
+            running_history=run_hist,
+            waiting_history=wait_hist,
+            gen_tok_s_history=gen_hist,
             num_gpu_blocks=9000,
             block_size=16,
             gpu=(GpuSample(index=0, name="NVIDIA H200", util_pct=97.0, mem_used_mib=120_000.0,
@@ -135,6 +170,9 @@ def sample_snapshot(*, simulated: bool = False, schema: str = "v1", gpu: bool = 
         segments=segs,
         records_path="results/requests.jsonl",
         simulated=simulated,
+        curve=sample_curve(),
+        knee=KNEE if verdict else "",
+        verdict=sample_verdict() if verdict else None,
     )
 
 
@@ -178,6 +216,9 @@ class FakeEngine:
         self._completed = 0
         self._failed = 0
         self._window_reset_at = 0.0
+        self.auto = self.base.auto  # Snapshot.auto: the ladder's progress, "" when none runs
+        self._ladder: AutoLadder | None = None
+        self._ladder_segments: set[int] = set()
 
     # ------------------------------------------------------------------ EngineLink
     def send(self, cmd: Command) -> None:
@@ -219,7 +260,30 @@ class FakeEngine:
             self.saved = (os.path.join(out, "qbench_fake.txt"), os.path.join(out, "qbench_fake.json"))
         elif isinstance(cmd, Stop):
             self.paused = self._stopped = True
+        elif isinstance(cmd, AutoLadder):
+            # as the real ladder: it moves the level itself, starting at `start`
+            self._ladder = cmd
+            self.target = cmd.start
+            self._new_segment()
+            self._ladder_segments.add(self._levels)
+            self.auto = f"grow: C={cmd.start} until steady"
+        elif isinstance(cmd, StopAuto):
+            self._ladder = None
+            self.auto = ""
         self._dirty = True
+
+    def _ladder_step(self, k: int) -> None:
+        """Evolving mode: the ladder doubles the level every 16 snapshots, up to its maximum."""
+        lad = self._ladder
+        if lad is None or self.paused or k % 16:
+            return
+        if self.target * 2 > lad.max_concurrency:
+            self._ladder, self.auto = None, ""
+            return
+        self.target *= 2
+        self._new_segment()
+        self._ladder_segments.add(self._levels)
+        self.auto = f"grow: C={self.target} until steady"
 
     def poll(self) -> Snapshot | None:
         if self.closed:
@@ -266,15 +330,24 @@ class FakeEngine:
             segment=b.segment + self._levels,
             saved=self.saved,
             ack=self.ack,
+            auto=self.auto,
         )
 
     def _new_segment(self) -> None:
         self._levels += 1
         self._seg_start = self.clock() - self._t0
 
+    def _curve(self) -> tuple[CurvePoint, ...]:
+        """One point per concurrency (the latest segment at it), by concurrency, as the engine's curve."""
+        latest = {r.concurrency: r for r in self._segments if r.concurrency > 0}
+        return tuple(CurvePoint(r.concurrency, r.tok_s, r.req_s, r.avg_latency, (r.avg_latency or 0) * 1.8,
+                                r.ttft_p99, steady=r.seconds >= 3.0, auto=r.segment in self._ladder_segments)
+                     for _, r in sorted(latest.items()))
+
     def _evolved(self, now: float) -> Snapshot:
         self._step += 1
         k = self._step
+        self._ladder_step(k)
         target = 0 if self.paused else self.target
         # in_flight approaches the target over ~1 s, as a pool of workers ramps or drains
         self._in_flight += (target - self._in_flight) * 0.5
@@ -346,6 +419,8 @@ class FakeEngine:
             simulated=self.base.simulated,
             saved=self.saved,
             ack=self.ack,
+            curve=self._curve(),
+            auto=self.auto,
         )
 
 

@@ -25,6 +25,7 @@ from qbench_tui.tui.screens.dashboard import DashboardScreen
 from qbench_tui.tui.screens.help import HelpScreen
 from qbench_tui.tui.screens.restart_server import RestartServer
 from qbench_tui.tui.screens.startup import StartupScreen
+from qbench_tui.tui.widgets.charts import TimeChart
 from qbench_tui.tui.widgets.fmt import dur
 from qbench_tui.tui.widgets.panels import Field, GpuPanel, LatencyBlock, StatusLine, ThroughputPanel
 from qbench_tui.tui.widgets.segments import SegmentTable
@@ -209,8 +210,8 @@ async def test_palette_has_every_action_and_they_work():
         await settle(app, pilot)
         cmds = {c.title: c for c in app.get_system_commands(app.screen)}
         for title in ("Concurrency +1", "Concurrency -1", "Concurrency +10", "Concurrency -10", "Set concurrency…",
-                      "Pause / resume", "Reset window", "Save results", "Cycle latency histogram",
-                      "Help: qbench keys", "Quit"):
+                      "Pause / resume", "Reset window", "Save results", "Cycle latency histogram / curve",
+                      "Auto ladder: find the knee", "Help: qbench keys", "Quit"):
             assert title in cmds, title
         cmds["Concurrency +10"].callback()
         cmds["Concurrency -1"].callback()
@@ -400,8 +401,8 @@ async def test_chart_redraws_at_most_once_a_second_and_only_on_change(clock):
         eng.push(replace(base, tok_s_history=base.tok_s_history + (5000.0, 5100.0)))
         await settle(app, pilot)
         assert tp.draws == first + 1
-        chart_width = app.screen.query_one("#tp-chart").size.width
-        assert len(tp._drawn) <= chart_width
+        chart = app.screen.query_one("#tp-chart", TimeChart)
+        assert chart.drawn_lengths() and all(n <= chart.size.width for n in chart.drawn_lengths())
 
 
 async def test_narrow_screen_shows_one_latency_histogram_and_l_cycles():

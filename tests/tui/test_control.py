@@ -11,12 +11,14 @@ from qbench_tui.engine.records import RequestSpec
 from qbench_tui.engine.session import EngineSession, SessionConfig
 from qbench_tui.engine.snapshot import (
     MAX_CONCURRENCY,
+    AutoLadder,
     EngineStatus,
     Pause,
     ResetWindow,
     Resume,
     SetConcurrency,
     Snapshot,
+    StopAuto,
     clamp_concurrency,
 )
 from qbench_tui.tui.control import LiveControl
@@ -48,6 +50,21 @@ def test_intent_shows_until_acknowledged_then_the_engine_rules():
     assert (c.target, c.paused, c.pending) == (9, True, False)
     c.seen(snap(40, EngineStatus.RUNNING, ack=2))  # moved by something else (a level, a sweep): the engine's word
     assert (c.target, c.paused) == (40, False)
+
+
+def test_a_ladder_asked_for_shows_until_acknowledged_then_snapshot_auto_rules():
+    c = LiveControl(target=8, paused=False)
+    assert not c.auto
+    c.stamp(AutoLadder(start=8))
+    c.seen(replace(snap(8, ack=0), auto=""))  # not applied yet: the face shows what it asked for
+    assert c.auto and c.pending
+    c.seen(replace(snap(8, ack=1), auto="auto: level 8 settling 1 s"))
+    assert c.auto and not c.pending
+    c.stamp(StopAuto())
+    c.seen(replace(snap(8, ack=1), auto="auto: level 8 settling 2 s"))
+    assert not c.auto  # asked to stop: shown stopped before the engine says so
+    c.seen(replace(snap(8, ack=2), auto=""))
+    assert not c.auto and not c.pending
 
 
 def test_unrelated_commands_are_numbered_but_hold_no_intent():

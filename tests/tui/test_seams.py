@@ -14,14 +14,15 @@ from dataclasses import replace
 import pytest
 
 from qbench_tui.engine.records import RequestSpec
-from qbench_tui.engine.session import EngineSession, SessionConfig
-from qbench_tui.engine.snapshot import Command, RunLevel, Snapshot, Stop
+from qbench_tui.engine.session import SessionConfig
+from qbench_tui.engine.snapshot import RunLevel
 from qbench_tui.server import gpu
 from qbench_tui.tui.widgets.panels import GpuPanel
 from tests.fakes.scripted_sse import Scenario, ScriptedSSEServer
 
 from .conftest import build_app, settle, until
 from .fakes import FakeEngine, sample_snapshot
+from .inprocess import InProcessEngine
 
 
 @pytest.fixture
@@ -63,37 +64,15 @@ async def test_sampled_gpus_show_utilisation_memory_and_power(stand_in_nvml):
 
 async def test_the_knee_verdict_is_on_the_dashboard():
     knee = "no saturation up to concurrency 64: throughput still grows with load (peak 3288 tok/s at 64)"
-    eng = FakeEngine()
+    eng = FakeEngine(sample_snapshot(verdict=False))
     app, _, _ = build_app(eng)
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(app, pilot)
         line = app.screen.query_one("#knee")
-        assert not line.display  # fewer than two levels: nothing to say yet, and no room taken
-        eng.push(replace(sample_snapshot(), knee=knee))
+        assert not line.display  # no verdict yet: nothing to say, and no room taken
+        eng.push(replace(sample_snapshot(verdict=False), knee=knee))
         await settle(app, pilot)
         assert line.display and str(line.render()) == f"knee {knee}"
-
-
-class InProcessEngine:
-    """EngineLink over a real EngineSession on the test's loop: the engine process without the process, so the
-    stand-in NVML installed here is the one the session samples."""
-
-    def __init__(self, cfg: SessionConfig) -> None:
-        self.snaps: list[Snapshot] = []
-        self.session = EngineSession(cfg, self.snaps.append)
-        self.loop = asyncio.get_running_loop()
-        self.task = self.loop.create_task(self.session.run())
-
-    def send(self, cmd: Command) -> None:
-        self.session.handle(cmd)
-
-    def poll(self) -> Snapshot | None:
-        newest = self.snaps[-1] if self.snaps else None
-        self.snaps.clear()
-        return newest
-
-    def close(self) -> None:  # the app calls this from a thread
-        self.loop.call_soon_threadsafe(self.session.handle, Stop())
 
 
 async def test_a_real_session_feeds_knee_and_gpus_to_the_dashboard(stand_in_nvml, tmp_path):

@@ -31,15 +31,9 @@ def _app(snapshot=None, **kw):
     return app
 
 
-# sweep.find_knee's words for sample_snapshot's levels 32 -> 64
-KNEE = ("saturated past concurrency 32: going to 64 changed output tok/s by +14% for +100% concurrency while mean "
-        "latency rose +8%. Peak 3288 tok/s at 64. Why: the KV cache is full (max usage 78%, 12 preemptions): requests "
-        "wait for blocks or are recomputed; more GPU memory, a shorter max_model_len or a smaller max_num_seqs help")
-
-
 def test_dashboard_160x48(snap_compare):
-    # the live knee verdict under the segment table (the other dashboards have none: the line stays hidden)
-    assert snap_compare(_app(replace(sample_snapshot(), knee=KNEE)), terminal_size=(160, 48), run_before=_ready)
+    # the live verdict: under the segment table, and in words beside the curve with the knee drawn
+    assert snap_compare(_app(sample_snapshot(verdict=True)), terminal_size=(160, 48), run_before=_ready)
 
 
 def test_dashboard_80x24(snap_compare):
@@ -55,8 +49,23 @@ def test_dashboard_simulated_light_160x48(snap_compare):
 
 
 def test_dashboard_no_metrics_client_limited_80x24(snap_compare):
-    snap = replace(sample_snapshot(schema="none"), client_limited=True, loop_lag_ms=14.0)
+    # the badge says which threshold was crossed (EngineSession's words)
+    snap = replace(sample_snapshot(schema="none"), client_limited=True, loop_lag_ms=31.0,
+                   client_limited_why="loop lag 31 ms ≥ 20 ms")
     assert snap_compare(_app(snap), terminal_size=(80, 24), run_before=_ready)
+
+
+def test_dashboard_curve_80x24(snap_compare):
+    # narrow and short: `l` past the three histograms folds the curve in, over the segment table's rows too
+    async def curve(pilot):
+        await _ready(pilot)
+        for _ in range(3):
+            await pilot.press("l")
+        pilot.app.clear_notifications()  # the "showing: …" toasts would cover the chart being checked
+        await _ready(pilot)
+
+    assert snap_compare(_app(replace(sample_snapshot(verdict=True), auto="grow: C=64 measuring 4/10 s")),
+                        terminal_size=(80, 24), run_before=curve)
 
 
 def test_dashboard_paused_with_log_160x48(snap_compare):

@@ -113,3 +113,88 @@ def test_local_model_paths_expand(tmp_path, monkeypatch):
     assert cfg.server.model == f"{tmp_path}/m" and cfg.server.vllm_bin == f"{tmp_path}/bin/vllm"
     assert load_config(None, {"server.model": "Qwen/Qwen2.5-14B-Instruct-AWQ"}).server.model == \
         "Qwen/Qwen2.5-14B-Instruct-AWQ"
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("[load]\ntimeout = nan\n", ["timeout", "finite number", "nan"]),
+    ("[load]\ntemperature = nan\n", ["temperature", "finite number"]),
+    ("[load]\nwindow_s = inf\n", ["window_s", "finite number"]),
+    ("[sweep]\nduration = -inf\n", ["duration", "finite number"]),
+    ("[server]\nmax_model_len = inf\n", ["max_model_len", "finite number"]),
+    ("[server]\nport = 0\n", ["port", "> 0"]),
+    ("[server]\nport = -1\n", ["port", "> 0"]),
+    ("[load]\nurl = 'ftp://h/'\n", ["c.toml [load]", "http:// and https:// only", "ftp://"]),
+])
+def test_non_finite_and_out_of_range_numbers_are_refused(tmp_path, text, needles):
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, text))
+    for n in needles:
+        assert n in str(e.value)
+
+
+@pytest.mark.parametrize("flag, value", [("load.timeout", float("nan")), ("load.timeout", "inf"),
+                                         ("load.temperature", "nan"), ("load.max_error_rate", float("nan")),
+                                         ("sweep.warmup", float("inf")), ("sweep.duration", -3.0)])
+def test_non_finite_flags_are_refused(flag, value):
+    with pytest.raises(ConfigError, match="--" + flag.split(".")[1].replace("_", "-")):
+        load_config(None, {flag: value})
+
+
+@pytest.mark.parametrize("given, url, note", [
+    ("http://127.0.0.1:8001", "http://127.0.0.1:8001", ""),
+    ("http://127.0.0.1:8001/ \n", "http://127.0.0.1:8001", ""),
+    (" HTTPS://host.example/v1/", "https://host.example", "ends in /v1"),
+    ("http://[::1]:8001/v1", "http://[::1]:8001", "ends in /v1"),
+    ("http://gw.example/team-a/", "http://gw.example/team-a", ""),  # a reverse proxy's prefix stays
+    ("http://gw.example/team-a/v1", "http://gw.example/team-a", "using http://gw.example/team-a"),
+])
+def test_base_urls_accepted(given, url, note):
+    from qbench_tui.config import check_url
+
+    got, why = check_url(given)
+    assert got == url
+    assert (note in why) if note else why == ""
+
+
+@pytest.mark.parametrize("given, needle", [
+    ("127.0.0.1:8001", "has no scheme: give http://127.0.0.1:8001"),
+    ("localhost:8001", "has no scheme: give http://localhost:8001"),
+    ("ftp://h", "http:// and https:// only, not ftp://"),
+    ("http://h:99999", "port must be a number from 1 to 65535, got '99999'"),
+    ("http://h:0", "got '0'"),
+    ("http://h:-5", "got '-5'"),
+    ("http://", "names no host"),
+    ("http://h :8001", "contains a space"),
+    ("http://h/v1/chat/completions", "is an endpoint, not a base URL: give http://h "),
+    ("http://h/?a=1", "without '?'"),
+    ("   ", "the URL is empty"),
+])
+def test_base_urls_refused_in_one_line(given, needle):
+    from qbench_tui.config import check_url
+
+    with pytest.raises(ConfigError) as e:
+        check_url(given)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_url_note_comes_only_from_the_value_that_wins(tmp_path):
+    p = _write(tmp_path, '[load]\nurl = "http://a.example/v1"\n')
+    assert load_config(p).notes and load_config(p).load.url == "http://a.example"
+    cfg = load_config(p, {"load.url": "http://b.example"})
+    assert (cfg.load.url, cfg.notes) == ("http://b.example", ())
+
+
+def test_loopback_hosts():
+    from qbench_tui.config import is_loopback_host
+
+    assert all(is_loopback_host(h) for h in ("localhost", "127.0.0.1", "127.1.2.3", "::1", "[::1]", "a.localhost"))
+    assert not any(is_loopback_host(h) for h in ("10.0.0.5", "example.com", "0.0.0.0", "localhost.example.com"))
+
+
+def test_ca_cert_must_be_a_pem_file(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="not a PEM file"):
+        load_config(None, {"load.ca_cert": str(bad)})
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(None, {"load.ca_cert": str(tmp_path / "missing.pem")})

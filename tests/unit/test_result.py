@@ -30,8 +30,9 @@ def test_window_deltas_maxima_and_means():
     assert lv == ServerLevel(generation_tokens=150, prefix_cache_queries=300, prefix_cache_hits=50,
                              prefix_cache_hit_rate=pytest.approx(50 / 300), max_kv_cache_usage=0.9, preemptions=None,
                              max_running=8, max_waiting=0.0, num_gpu_blocks=500.0,
-                             mean_ttft_s=pytest.approx(2.5 / 20), prompt_tokens=None)
+                             mean_ttft_s=pytest.approx(2.5 / 20), prompt_tokens=None, span_s=2)
     assert lv.to_json()["mean_ttft_ms"] == pytest.approx(125.0)
+    assert lv.rate("generation_tokens") == 150 / 2  # per second of the scrapes it comes from, not the level's
 
 
 def test_a_restart_inside_the_level_counts_what_accrued_since():

@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from ..net import url_for
 from .app import CutStream, SimApp, TruthRecorder
 from .faults import Faults
 from .profile import Profile, load_profile
@@ -43,11 +44,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url(host: str, port: int) -> str:
-    h = f"[{host}]" if ":" in host else host
-    return f"http://{h}:{port}"
-
-
 class SimServer:
     """One simulated vLLM server: app + engine + uvicorn on a socket bound at construction."""
 
@@ -63,7 +59,7 @@ class SimServer:
         self.host = host
         self.sock = bind_socket(host, port)
         self.port = self.sock.getsockname()[1]
-        self.url = _url(host, self.port)
+        self.url = url_for(host, self.port)
         self.hard_crash = hard_crash
         self.on_listening = on_listening
         self.listening = threading.Event()

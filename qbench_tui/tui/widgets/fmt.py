@@ -28,6 +28,12 @@ def dur_short(s: float | None) -> str:
     return f"{s:.1f}s"
 
 
+def ladder_words(auto: str) -> str:
+    """Snapshot.auto without a leading "auto:" label: the face puts its own AUTO badge in front."""
+    head, sep, rest = auto.partition(":")
+    return rest.strip() if sep and head.strip().lower() in ("auto", "ladder", "auto ladder") else auto
+
+
 def num(x: float | None, digits: int = 0) -> str:
     if x is None:
         return "—"

@@ -3,17 +3,17 @@ because every Static here has a fixed height and a relayout per tick would cost 
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.color import Color
 from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.reactive import var
-from textual.widgets import Sparkline, Static
-from textual_plotext import PlotextPlot
+from textual.widgets import Static
 
 from qbench_tui.engine.snapshot import EngineStatus, LatencyView, ServerView, Snapshot
 from qbench_tui.server.gpu import GpuSample
-from qbench_tui.tui.widgets.fmt import bar, dur, num, pct
+from qbench_tui.tui.widgets.charts import TimeChart
+from qbench_tui.tui.widgets.fmt import bar, dur, ladder_words, num, pct
 from qbench_tui.tui.widgets.histogram import HistogramBars
+from qbench_tui.tui.widgets.spark import ScaleSpark
 
 
 class Field(Static):
@@ -38,11 +38,13 @@ class Field(Static):
 
 
 class ControlBar(Horizontal):
-    """Target, in flight, running/paused, segment: always visible. Target, paused, simulated and whether an engine
-    runs are bound in from the screen (data_bind); the rest comes with each Snapshot."""
+    """Target, in flight, running/paused, segment, the auto ladder's progress: always visible. Target, paused,
+    whether a ladder runs, simulated and whether an engine runs are bound in from the screen (data_bind); the rest
+    comes with each Snapshot."""
 
     target: var[int] = var(0)
     paused: var[bool] = var(False)
+    auto: var[bool] = var(False)  # a ladder runs, or was asked for and the engine has not said so yet
     simulated: var[bool] = var(False)
     engine_up: var[bool] = var(False)
 
@@ -53,6 +55,7 @@ class ControlBar(Horizontal):
     def compose(self) -> ComposeResult:
         yield Field("", id="state")
         yield Field("", id="conc")
+        yield Field("", id="auto")
         yield Field("", id="totals")
         yield Field("[b reverse $warning] SIMULATED [/]", id="sim-badge")
 
@@ -79,14 +82,25 @@ class ControlBar(Horizontal):
         in_flight = "—" if snap is None else str(snap.in_flight)
         seg = "—" if snap is None else str(snap.segment)
         failed = f"  [b $error]failed {snap.failed_total:,}[/]" if snap is not None and snap.failed_total else ""
+        progress = snap.auto if snap is not None else ""
+        ladder = bool(self.auto or progress)
+        # while a ladder runs its progress takes the segment's place: the ladder opens the segments itself
+        where = "" if ladder else f"  segment [b]{seg}[/]"
         self.query_one("#conc", Field).set(
-            f"target [b reverse] {self.target} [/]  in flight [b]{in_flight}[/]  segment [b]{seg}[/]{failed}"
+            f"target [b reverse] {self.target} [/]  in flight [b]{in_flight}[/]{where}{failed}"
         )
+        if self.auto and not progress:
+            progress = "starting…"
+        elif progress and not self.auto:
+            progress = "stopping…"
+        self.query_one("#auto", Field).set(
+            f"[b reverse $accent] AUTO [/] {escape(ladder_words(progress))}" if ladder else "")
+        self.set_class(ladder, "-auto")
         if snap is not None:
             self.query_one("#totals", Field).set(f"done {snap.completed_total:,}  t {snap.t:.0f} s")
         self.set_class(self.simulated, "-simulated")
 
-    watch_target = watch_paused = watch_simulated = watch_engine_up = _paint
+    watch_target = watch_paused = watch_auto = watch_simulated = watch_engine_up = _paint
 
 
 class StatusLine(Horizontal):
@@ -101,13 +115,24 @@ class StatusLine(Horizontal):
         lag_txt = f"[b $warning]{lag:.1f} ms[/]" if lag > 5.0 else f"{lag:.1f} ms"
         cpu = snap.client_cpu_pct
         cpu_txt = f"[b $warning]{cpu:.0f}%[/]" if cpu > 85 else f"{cpu:.0f}%"
-        warn = "[b reverse $error] CLIENT-LIMITED [/] " if snap.client_limited else ""
-        self.query_one("#health", Field).set(f"{warn}client CPU {cpu_txt}  loop lag {lag_txt}")
+        health = self.query_one("#health", Field)
+        if snap.client_limited:
+            # the reason first: the threshold crossed and by how much (lag alone can raise it at 6% CPU)
+            why = snap.client_limited_why
+            parts = [f"[b]{escape(why)}[/]"] if why else []
+            parts += [f"CPU {cpu_txt}"] if "CPU" not in why else []  # what the reason does not already name
+            parts += [f"lag {lag_txt}"] if "lag" not in why else []
+            health.set("[b reverse $error] CLIENT-LIMITED [/] " + " · ".join(parts))
+        else:
+            health.set(f"client CPU {cpu_txt}  loop lag {lag_txt}")
+        tip = f"client-limited: {snap.client_limited_why}" if snap.client_limited and snap.client_limited_why else None
+        if tip != health.tooltip:
+            health.tooltip = tip
         self.set_class(snap.client_limited, "-limited")
         if snap.message:
             notice = f"[b]{escape(snap.message)}[/]"
         elif snap.client_limited:
-            notice = "the client, not the server, may be the limit: numbers are suspect"
+            notice = "the client may set the pace: its numbers are suspect"
         elif snap.records_path:
             notice = f"[$text-muted]records {escape(snap.records_path)}[/]"
         else:
@@ -119,76 +144,35 @@ class StatusLine(Horizontal):
 
 
 class ThroughputPanel(Vertical):
-    CHART_PERIOD = 1.0  # plotext builds cost ~40 ms: never more than once a second
+    """Client and server output tok/s over time. The server's line counts every client's tokens (and its own
+    clock), so the two part when something else loads the server or the client falls behind."""
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.border_title = "Throughput · tok/s, x: seconds ago"
-        self._series: tuple[float, ...] | None = None
-        self._drawn: tuple[float, ...] | None = None
-        self._drawn_width = -1
-        self._last_draw = -1e9
-        self.draws = 0  # plotext rebuilds requested, for tests and the CPU bench
 
     def compose(self) -> ComposeResult:
         yield Field("", id="tp-numbers")
-        yield PlotextPlot(id="tp-chart")
+        yield TimeChart(id="tp-chart")
 
-    def on_mount(self) -> None:
-        self.query_one(PlotextPlot).plt.title("")
-        self.app.theme_changed_signal.subscribe(self, self._theme_changed)
-
-    def _theme_changed(self, _theme) -> None:
-        self._drawn = None
-        self.call_after_refresh(self.maybe_draw, 0.0, True)
-
-    def _line_color(self) -> tuple[int, int, int]:
-        # an explicit RGB from the theme: a named ANSI colour would be mapped through the terminal's palette,
-        # which differs between dark and light themes and terminals
-        try:
-            return Color.parse(self.app.theme_variables["primary"]).rgb
-        except Exception:
-            return (0, 120, 215)
+    @property
+    def draws(self) -> int:
+        return self.query_one(TimeChart).draws
 
     def show(self, snap: Snapshot, now: float) -> None:
         gen = snap.server.gen_tok_s
-        gen_txt = f"  server [b]{num(gen)}[/] tok/s" if gen is not None else ""
+        # the coloured labels are the chart's legend
+        gen_txt = f"  [$accent]server[/] [b]{num(gen)}[/] tok/s" if gen is not None else ""
         self.query_one("#tp-numbers", Field).set(
-            f"client [b]{num(snap.out_tok_s)}[/] tok/s{gen_txt}  [b]{num(snap.req_s, 2)}[/] req/s"
+            f"[$primary]client[/] [b]{num(snap.out_tok_s)}[/] tok/s{gen_txt}  [b]{num(snap.req_s, 2)}[/] req/s"
             f"  [$text-muted]last {snap.window_s:.0f} s[/]"
         )
-        self._series = snap.tok_s_history
-        self.maybe_draw(now)
-
-    def on_resize(self) -> None:
-        # the series length follows the width; a resize is rare, so redraw now rather than wait for new data
-        # (maybe_draw skips it when the width did not actually change)
-        self.call_after_refresh(self.maybe_draw, 0.0, True)
-
-    def maybe_draw(self, now: float, force: bool = False) -> bool:
-        if not self.is_attached:  # a deferred resize redraw may land while the app is closing
-            return False
-        chart = self.query_one(PlotextPlot)
-        width = chart.size.width
-        if self._series is None or width <= 0 or not chart.display:
-            return False
-        keep = max(2, width - 8)  # y tick labels take ~8 columns; more points than columns is wasted work
-        series = self._series[-keep:]
-        if series == self._drawn and width == self._drawn_width:
-            return False
-        if not force and now - self._last_draw < self.CHART_PERIOD:
-            return False
-        self._drawn, self._drawn_width = series, width
-        if not force:
-            self._last_draw = now
-        plt = chart.plt
-        plt.clear_data()
-        if series:
-            n = len(series)
-            plt.plot([i - n + 1 for i in range(n)], list(series), marker="braille", color=self._line_color())
-        chart.refresh()
-        self.draws += 1
-        return True
+        chart = self.query_one(TimeChart)
+        series = [("primary", snap.tok_s_history)]
+        if snap.server.gen_tok_s_history:
+            series.append(("accent", snap.server.gen_tok_s_history))
+        chart.set_series(*series)
+        chart.maybe_draw(now)
 
 
 # ---------------------------------------------------------------- latency
@@ -225,7 +209,7 @@ def ttft_split(client: LatencyView, server: ServerView) -> str:
 
 
 class LatencyPanel(Horizontal):
-    """TTFT, ITL and E2E side by side; on narrow screens only `current` shows (the `l` key cycles)."""
+    """TTFT, ITL and E2E side by side; on narrow screens only `current` shows (the dashboard's `l` cycles)."""
 
     KINDS = ("ttft", "itl", "e2el")
     TITLES = {"ttft": "TTFT", "itl": "ITL", "e2el": "E2E latency"}
@@ -240,11 +224,11 @@ class LatencyPanel(Horizontal):
         for i, k in enumerate(self.KINDS):
             yield LatencyBlock(self.TITLES[k], id=f"lat-{k}", classes="-current" if i == 0 else "")
 
-    def cycle(self) -> str:
-        self.current = (self.current + 1) % len(self.KINDS)
+    def select(self, kind: str) -> None:
+        """The histogram narrow screens show (the dashboard's `l` cycle)."""
+        self.current = self.KINDS.index(kind)
         for i, k in enumerate(self.KINDS):
             self.query_one(f"#lat-{k}").set_class(i == self.current, "-current")
-        return self.TITLES[self.KINDS[self.current]]
 
     def show(self, snap: Snapshot, now: float) -> None:
         # stats text ticks with the snapshot; bars follow the chart budget (<= 1 Hz)
@@ -270,38 +254,21 @@ class LatencyPanel(Horizontal):
 
 
 class ServerPanel(Vertical):
+    """The server's numbers, its KV cache on a fixed 0-100% scale, and running/waiting requests over time (folded
+    away on short screens, where the numbers stay)."""
+
     GAUGE_WIDTH = 20
-    SPARK_PERIOD = 1.0
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.border_title = "Server"
-        self._spark: tuple[float, ...] | None = None
-        self._history: tuple[float, ...] = ()
-        self._last_spark = -1e9
-
-    def _draw_spark(self, now: float, force: bool = False) -> None:
-        if not self.is_attached:
-            return
-        spark = self.query_one("#srv-kv-spark", Sparkline)
-        width = spark.size.width
-        if width <= 0:
-            return
-        hist = self._history[-width:]  # one column per scrape, never more points than columns
-        if hist != self._spark and (force or now - self._last_spark >= self.SPARK_PERIOD):
-            self._spark = hist
-            if not force:
-                self._last_spark = now
-            spark.data = list(hist)
-
-    def on_resize(self) -> None:
-        self.call_after_refresh(self._draw_spark, 0.0, True)
 
     def compose(self) -> ComposeResult:
         yield Field("", id="srv-model")
         yield Field("", id="srv-kv")
-        yield Sparkline([], id="srv-kv-spark")
+        yield ScaleSpark(1.0, id="srv-kv-spark", top_label="100%", bottom_label="0%", span_label="KV 0-100%")
         yield Field("", id="srv-sched")
+        yield TimeChart(id="srv-queue-chart")
         yield Field("", id="srv-extra")
         yield Field("", id="srv-error")
 
@@ -328,8 +295,8 @@ class ServerPanel(Vertical):
                 pre += f" ({sv.preemptions_per_s:.2f}/s)"
             self.query_one("#srv-sched", Field).set(
                 f"prefix hit [b]{pct(sv.prefix_hit_rate)}[/]  gen [b]{num(sv.gen_tok_s)}[/] tok/s\n"
-                f"running [b]{num(sv.num_running)}[/]  waiting [b]{num(sv.num_waiting)}[/]\n"
-                f"preemptions [b]{pre}[/]"
+                f"[$success]running[/] [b]{num(sv.num_running)}[/]  [$warning]waiting[/] [b]{num(sv.num_waiting)}[/]"
+                f"\npreemptions [b]{pre}[/]"
             )
             extra = [f"prompt [b]{num(sv.prompt_tok_s)}[/] tok/s"]
             if sv.num_gpu_blocks is not None:
@@ -340,8 +307,10 @@ class ServerPanel(Vertical):
             if sv.engines > 1:
                 extra.append(f"engines {sv.engines}")
             self.query_one("#srv-extra", Field).set("\n".join(extra))
-            self._history = sv.kv_history
-            self._draw_spark(now)
+            self.query_one(ScaleSpark).set_values(sv.kv_history)
+            chart = self.query_one("#srv-queue-chart", TimeChart)
+            chart.set_series(("success", sv.running_history), ("warning", sv.waiting_history))
+            chart.maybe_draw(now)
         err = sv.error
         if not sv.reachable and not err:
             err = "server unreachable"

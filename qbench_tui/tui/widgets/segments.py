@@ -83,6 +83,14 @@ class SegmentTable(DataTable):
         if added:
             self.scroll_end(animate=False)
 
+    def on_resize(self) -> None:
+        # the newest level is the one to see: stay at the end when the verdict line below takes a row
+        self.scroll_end(animate=False)
+
+    def watch_virtual_size(self) -> None:
+        # new rows are measured on a later refresh than the show() that added them: follow the end from here too
+        self.scroll_end(animate=False)
+
 
 class KneeLine(Field):
     """The live saturation verdict (Snapshot.knee) over the current server config's levels; hidden until the
