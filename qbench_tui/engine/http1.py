@@ -34,6 +34,10 @@ _CHUNKED, _LENGTH, _UNTIL_CLOSE = 0, 1, 2
 _READ_BUF = 16 * 1024  # per connection; a streaming read is a few hundred bytes, more simply waits for the next
 
 
+# The one error a request that never reached the server gets: the connection closed before any response byte.
+STALE = "connection error: server disconnected without sending a response"
+
+
 class _Conn(asyncio.BufferedProtocol):
     """One TCP (or TLS) connection; hands every read to the response being received on it.
 
@@ -147,7 +151,7 @@ class _Response:
         elif exc is not None:
             self._done(f"connection error: {_exc_text(exc)}")
         elif self.phase == _HEAD:
-            self._done("connection error: server disconnected without sending a response")
+            self._done(STALE)
         else:
             self._done("connection error: peer closed connection without sending complete message body")
 
@@ -393,6 +397,7 @@ class RawClient:
         self.headers = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.stale_retries = 0  # requests sent again after a kept-alive connection answered nothing (see post)
         self._conn: _Conn | None = None
         self._head_cache: dict[str, bytes] = {}
 
@@ -426,7 +431,20 @@ class RawClient:
 
     async def post(self, path: str, content: bytes, on_data: OnData, on_end: OnEnd) -> Reply:
         """Send one POST and stream its response body to on_data / on_end. Never raises (except CancelledError,
-        after which the connection is dropped: it is mid-response and cannot be reused)."""
+        after which the connection is dropped: it is mid-response and cannot be reused).
+
+        A kept-alive connection the server closed as the request went out (its keep-alive timer fired while its
+        loop was busy) answers nothing at all; the request then never reached the server, so it is sent once more
+        on a new connection, as HTTP clients do for a stale pooled connection. A new connection that answers
+        nothing is a failure: never retried."""
+        reused = self._conn is not None and not self._conn.closed
+        reply = await self._post_once(path, content, on_data, on_end)
+        if reused and reply.error == STALE:
+            self.stale_retries += 1
+            reply = await self._post_once(path, content, on_data, on_end)
+        return reply
+
+    async def _post_once(self, path: str, content: bytes, on_data: OnData, on_end: OnEnd) -> Reply:
         conn = self._conn
         if conn is None or conn.closed:
             self._conn = None

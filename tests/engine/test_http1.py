@@ -28,6 +28,7 @@ class Seen:
 @dataclass
 class RawServer:
     scripts: dict[str, Script] = field(default_factory=dict)
+    once: dict[str, Script] = field(default_factory=dict)  # answers the next request of that name, then goes
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
     url: str = ""
@@ -46,7 +47,8 @@ class RawServer:
                 body = await reader.readexactly(length)
                 self.seen.append(Seen(me, head, body))
                 path = head.split(b" ", 2)[1].decode()
-                sc = self.scripts[path.rsplit("/", 1)[-1]]
+                name = path.rsplit("/", 1)[-1]
+                sc = self.once.pop(name, None) or self.scripts[name]
                 for w in sc.writes:
                     writer.write(w)
                     await writer.drain()
@@ -308,3 +310,25 @@ async def test_a_200_that_is_no_event_stream_is_collected_not_streamed(server, h
                                                           b"charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n")])
         reply, sink = await post(client, "s")  # same connection: the collected body was framed exactly
     assert (reply.body, sink.body, len(sink.ended)) == (None, b"ok", 1) and server.connections == 1
+
+
+async def test_a_kept_alive_connection_that_answers_nothing_is_retried_once_on_a_new_one(server):
+    # the server's keep-alive timer closed the connection as the next request went out: that request never
+    # reached it (real vLLM on 2 busy cores did this to a few requests), so it goes once more on a new connection
+    server.scripts["ok"] = Script([chunked(b"fine")])
+    async with RawClient(server.url) as client:
+        first, _ = await post(client, "ok")
+        assert first.error == ""
+        server.once["ok"] = Script([], then="close")
+        reply, sink = await post(client, "ok")
+        assert (reply.status, reply.error, sink.body) == (200, "", b"fine")
+        assert client.stale_retries == 1 and server.connections == 2
+
+
+async def test_a_new_connection_that_answers_nothing_is_a_failure_not_retried(server):
+    server.scripts["ok"] = Script([chunked(b"fine")])
+    server.once["ok"] = Script([], then="close")
+    async with RawClient(server.url) as client:
+        reply, _ = await post(client, "ok")
+        assert reply.error == "connection error: server disconnected without sending a response"
+        assert client.stale_retries == 0 and server.connections == 1 and len(server.seen) == 1
