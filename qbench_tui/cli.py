@@ -43,6 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_arguments(sw)
     sw.set_defaults(func=sweep.run)
 
+    from .commands import compare, replay, report
+
+    rp = sub.add_parser("report", help="the write-up of a results file: analysis, recommendations, charts, cost")
+    report.add_arguments(rp)
+    rp.set_defaults(func=report.run)
+
+    cp = sub.add_parser("compare", help="two or more results files side by side (qbench or vllm bench serve); "
+                        "--fail-if gates CI", description=compare.DESCRIPTION,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_arguments(cp)
+    cp.set_defaults(func=compare.run)
+
+    rr = sub.add_parser("replay", help="re-run a dashboard session's timeline headless (levels as long as they were)")
+    replay.add_arguments(rr)
+    rr.set_defaults(func=replay.run)
+
     ss = sub.add_parser("sim", help="run the simulated vLLM server (no GPU)")
     sim_args(ss)
     ss.set_defaults(func=_cmd_sim)

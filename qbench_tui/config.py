@@ -58,9 +58,18 @@ class LoadConfig:
     concurrency: int = 8
     timeout: float = 600.0  # read stall that fails a request
     window_s: float = 5.0  # the live rolling rates: short, so a change shows within seconds (issue #11)
-    max_error_rate: float = 1.0
+    max_error_rate: float = 1.0  # exit 3 above it; the load also stops when a level is clearly above it
+    max_consecutive_failures: int = 0  # the load stops after this many failures in a row; 0: automatic
     ca_cert: str = ""  # PEM file of CAs to trust for an https:// server (with the system's)
     insecure: bool = False  # https:// without checking the certificate
+    # shaped datasets (engine/datasets.py): vllm bench serve's random dataset, sized by the server's /tokenize
+    random_input_len: int = 0  # 0: the prompt as given
+    random_output_len: int = 0  # 0: max_tokens for every request
+    random_range_ratio: float = 0.0  # lengths uniform in [L(1-r), L(1+r)]
+    shared_prefix_len: int = 0  # tokens shared within a prefix group, before each request's own content
+    prefix_groups: int = 1
+    num_prompts: int = 1000  # distinct prompts in a shaped dataset, used in turn
+    seed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +91,17 @@ class SweepConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportConfig:
+    gpu_cost_per_hour: float = 0.0  # USD per GPU-hour: cost per million output tokens in reports; 0 = none
+    gpus: int = 0  # GPUs the price covers; 0: from the server's parallel sizes, else NVML, else 1
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     load: LoadConfig = field(default_factory=LoadConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     path: str = ""  # the TOML file, "" when none
     # ("load.max_tokens", "file:x.toml"), ... for every value not left at its default: origins, never values;
     # results files carry them as "config_sources" so a number can be traced to the flag or file that set it
@@ -97,7 +113,7 @@ class Config:
         return dict(self.sources).get(key, "default")
 
 
-_SECTIONS = {"server": ServerConfig, "load": LoadConfig, "sweep": SweepConfig}
+_SECTIONS = {"server": ServerConfig, "load": LoadConfig, "sweep": SweepConfig, "report": ReportConfig}
 _ENUMS = {"load.endpoint": ("chat", "completions"), "sweep.mode": ("wave", "steady")}
 
 
@@ -177,9 +193,11 @@ def _check_range(where: str, section: str, key: str, value: Any) -> None:
     if full in _ENUMS and value not in _ENUMS[full]:
         raise ConfigError(f"{where}: '{key}' must be one of {', '.join(_ENUMS[full])}, got {value!r}")
     positive = {"load.max_tokens", "sweep.levels", "server.port", "load.timeout", "load.window_s",
-                "server.startup_timeout", "sweep.start", "sweep.max_concurrency", "sweep.budget"}
+                "server.startup_timeout", "sweep.start", "sweep.max_concurrency", "sweep.budget",
+                "load.prefix_groups", "load.num_prompts"}
     non_negative = {"load.concurrency", "load.prompt_len", "sweep.duration", "sweep.requests", "sweep.warmup",
-                    "sweep.hold"}
+                    "sweep.hold", "load.max_consecutive_failures", "load.random_input_len",
+                    "load.random_output_len", "load.shared_prefix_len", "load.seed"}
     vals = value if isinstance(value, tuple) and full == "sweep.levels" else (value,)
     for v in vals:
         if full in positive and v <= 0:
@@ -190,8 +208,13 @@ def _check_range(where: str, section: str, key: str, value: Any) -> None:
         raise ConfigError(f"{where}: 'port' must be <= 65535, got {value!r}")
     if full == "load.max_error_rate" and not 0 <= value <= 1:
         raise ConfigError(f"{where}: 'max_error_rate' must be between 0 and 1, got {value!r}")
+    if full == "load.random_range_ratio" and not 0 <= value < 1:
+        raise ConfigError(f"{where}: 'random_range_ratio' must be within [0, 1), got {value!r}")
     if full == "load.temperature" and value < 0:
         raise ConfigError(f"{where}: 'temperature' must be >= 0, got {value!r}")
+    if full in ("report.gpu_cost_per_hour", "report.gpus") and value < 0:
+        raise ConfigError(f"{where}: '{key}' must be >= 0 (0: {'no cost' if key != 'gpus' else 'automatic'}), "
+                          f"got {value!r}")
 
 
 def check_url(url: str, where: str = "--url") -> tuple[str, str]:
@@ -341,6 +364,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         server=ServerConfig(**parts["server"]),
         load=LoadConfig(**parts["load"]),
         sweep=SweepConfig(**parts["sweep"]),
+        report=ReportConfig(**parts["report"]),
         path=where_file,
         sources=tuple(sorted(sources.items())),
         notes=tuple(notes.values()),

@@ -45,6 +45,12 @@ class LevelPlan:
     settle: bool = True  # steady: wait until the level is settled (False: measure right after the warm-up)
     settle_max_s: float = SETTLE_MAX_S  # the cap: measure from here on, marked not steady
     cv_max: float = CV_MAX
+    # mode "rate", the open loop (engine/open_loop.py): requests/s with gamma arrivals, `concurrency` the cap
+    # (0: none); or the send times of a trace (engine/trace.py), measured whole
+    rate: float | None = None
+    burstiness: float = 1.0
+    trace_times: Sequence[float] | None = None
+    seed: int = 0
 
     def settle_rule(self) -> SettleRule | None:
         return SettleRule(cv_max=self.cv_max, max_s=self.settle_max_s) if self.settle else None
@@ -203,6 +209,16 @@ async def discover(url: str, headers: dict, *, need_model: bool = False, ca_cert
 async def run_level(engine: LoadEngine, plan: LevelPlan,
                     at_window_end: Callable[[], object] | None = None) -> tuple[list[RequestRecord], Bounds | None]:
     """The level's records and, for a steady level, its measurement window (None: a wave)."""
+    if plan.mode == "rate":
+        from .engine.arrivals import schedule
+        from .engine.open_loop import run_open
+
+        if plan.trace_times is not None:
+            return await run_open(engine, plan.trace_times, requests=len(plan.trace_times),
+                                  max_concurrency=plan.concurrency or None, at_window_end=at_window_end)
+        return await run_open(engine, schedule(plan.rate or 0.0, plan.burstiness, plan.seed), duration=plan.duration,
+                              requests=plan.requests, warmup=plan.warmup, max_concurrency=plan.concurrency or None,
+                              at_window_end=at_window_end)  # type: ignore[arg-type]
     if plan.mode == "wave":
         return await engine.run_wave(plan.concurrency), None
     records = await engine.run_steady(plan.concurrency, duration=plan.duration, requests=plan.requests,
@@ -223,74 +239,172 @@ def summarize_level(records: list[RequestRecord], plan: LevelPlan, window: Bound
             b = Bounds(tally.first_start, tally.first_start, tally.last_end, tally.last_end, tally.last_end)
             lv.window = clocks.window(b, rule=WAVE_RULE, cv=None, mean_e2el=lv.e2el.mean_s, wave=True)
         return lv
+    if plan.mode == "rate":
+        return summarize_window(records, window, plan.concurrency or None, clocks, rule=OPEN_RULE, mode="rate",
+                                request_rate=plan.rate, burstiness=plan.burstiness if plan.rate else None,
+                                **context)
     return summarize_window(records, window, plan.concurrency, clocks,
                             rule=steady_rule(plan.settle_rule(), plan.warmup), mode=plan.mode, **context)
 
 
+OPEN_RULE = ("open loop: requests due in [start, started_until) after the warm-up, arrivals going on until each "
+             "has ended; rates over [start, end); schedule lag = actual send - due time")
+
+
+INTERRUPTED_RULE = "interrupted: every request that finished before the stop; rates over first start to last end"
+
+
+def summarize_interrupted(records: list[RequestRecord], plan: LevelPlan, clocks: Clocks | None = None,
+                          **context) -> LevelResult:
+    """A level stopped before it ended: what its finished requests say, first start to last end, marked
+    interrupted and not steady (a steady level's ramp-up is in it; no window was settled)."""
+    clocks = clocks or Clocks.now()
+    tally = LevelTally().add_all(records)
+    lv = level_result(tally, tally.span_s, plan.concurrency, mode=plan.mode, **context)
+    if tally.first_start is not None and tally.last_end is not None:
+        b = Bounds(tally.first_start, tally.first_start, tally.last_end, tally.last_end, tally.last_end, False)
+        lv.window = clocks.window(b, rule=INTERRUPTED_RULE, cv=None, mean_e2el=lv.e2el.mean_s, wave=True)
+    lv.interrupted = True
+    return lv
+
+
+class StopFlag:
+    """A stop asked from outside the levels (a signal handler on the loop): the first reason wins, and the
+    driver wakes at once instead of at its next look."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._event = asyncio.Event()
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: Plans,
                    on_level: Callable[[LevelResult, list[RequestRecord]], None] | None = None,
-                   should_stop: Callable[[], str | None] | None = None) -> tuple[list[LevelResult], str | None]:
+                   should_stop: Callable[[], str | None] | None = None,
+                   on_record: Callable[[RequestRecord, int], None] | None = None,
+                   stop: StopFlag | None = None) -> tuple[list[LevelResult], str | None]:
     """Runs the levels in order. Returns (level results, reason it stopped early or None).
 
     `plans`: the levels, or a function that is given the levels measured so far and returns the next one (None
-    ends the run): the auto ladder decides from what it measured. `should_stop` is asked between levels and
-    while a level runs (e.g. "server died"); `on_level` gets each finished level at once so files on disk always
-    hold every finished level.
+    ends the run): the auto ladder decides from what it measured. `on_record(record, concurrency)` gets each
+    request as it finishes (the .requests.jsonl streams from it); `on_level` gets each level at once so files on
+    disk always hold every level. The run stops on `stop` (a signal; at once), on `should_stop()` (e.g. "server
+    died", a full disk; asked between levels and twice a second while a level runs) and on the engine's error
+    budget (`engine.tripped`: the engine ends a steady level itself; that level is marked interrupted). Stopped
+    mid-level, the level is cancelled, then the requests in flight, and what finished is kept as an interrupted
+    level (summarize_interrupted), handed to on_level like the others.
     """
     headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
     watch = ServerWatch(spec.url, headers, ca_cert=spec.ca_cert, insecure=spec.insecure)
     watch.start()
     client = ClientWatch()
     client.start()
-    engine = LoadEngine(spec, prompts)
+    current: list[RequestRecord] = []  # the running level's finished requests: an interrupted level's summary
+    level_c = [0]
+
+    def finished(rec: RequestRecord) -> None:
+        current.append(rec)
+        if on_record is not None:
+            on_record(rec, level_c[0])
+
+    engine = LoadEngine(spec, prompts, on_record=finished)
     clocks = Clocks.now()
     results: list[LevelResult] = []
     stopped: str | None = None
     listed = None if callable(plans) else iter(plans)
+    stop_task = asyncio.create_task(stop.wait()) if stop is not None else None
+
+    def why_stop(between_levels: bool = True) -> str | None:
+        # the error budget is not asked mid-level: a tripped engine ends its level itself, letting the requests
+        # in flight finish (engine/load.py), and the level is marked interrupted after it
+        return ((stop.reason if stop is not None else None) or (should_stop() if should_stop else None)
+                or (getattr(engine, "tripped", None) if between_levels else None))
+
+    async def unless_stopped(coro):
+        """A boundary scrape, given up when a stop comes (a hung /metrics must not hold a signal up 5 s)."""
+        task = asyncio.ensure_future(coro)
+        if stop_task is None:
+            return await task
+        await asyncio.wait({task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        await _cancel(task)
+        return None
+
+    def metrics_note() -> str:
+        return watch.schema if watch.schema != "none" else (watch.error or "no server metrics")
+
     try:
         while True:
             plan = next(listed, None) if listed is not None else plans(list(results))  # type: ignore[operator]
             if plan is None:
                 break
-            if should_stop and (why := should_stop()):
+            if why := why_stop():
                 stopped = why
                 break
-            before = await watch.boundary()
+            if plan.mode == "wait":  # a replayed pause: no load and no level, only the time (a stop ends it)
+                await unless_stopped(asyncio.sleep(plan.duration or 0.0))
+                continue
+            before = await unless_stopped(watch.boundary())
+            if why := why_stop():
+                stopped = why
+                break
             client.begin()
+            current.clear()
+            level_c[0] = plan.concurrency
             at_end: list[ServerSample | None] = []
 
             async def window_end(at_end=at_end) -> None:
                 at_end.append(await watch.boundary())
 
             level_task = asyncio.create_task(run_level(engine, plan, window_end))
+            waits = {level_task} | ({stop_task} if stop_task is not None else set())
             while not level_task.done():
-                await asyncio.wait({level_task}, timeout=0.5)
-                if should_stop and not level_task.done() and (why := should_stop()):
+                await asyncio.wait(waits, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                if not level_task.done() and (why := why_stop(between_levels=False)):
                     stopped = why
-                    level_task.cancel()
                     break
             if stopped:
-                try:
-                    await level_task
-                except (asyncio.CancelledError, Exception):
-                    pass
+                await _cancel(level_task)
+                await engine.stop()  # the requests in flight too: a stop takes seconds, not a stream's length
+                lv = summarize_interrupted(list(current), plan, clocks, client=client.end(),
+                                           server=server_level(watch.series, before.t if before else None),
+                                           server_metrics=metrics_note())
+                results.append(lv)
+                if on_level:
+                    on_level(lv, list(current))
                 break
             records, window = level_task.result()
             cpu_lag = client.end()
-            after = await watch.boundary()
-            if window is None:
-                server = watch.between(before, after)
+            after = await unless_stopped(watch.boundary())
+            if window is None and plan.mode != "wave":  # a steady level stopped before it had a window
+                lv = summarize_interrupted(records, plan, clocks, client=cpu_lag,
+                                           server=watch.between(before, after), server_metrics=metrics_note())
+            elif window is None:
+                lv = summarize_level(records, plan, None, clocks, server=watch.between(before, after),
+                                     client=cpu_lag, server_metrics=metrics_note())
             else:  # the scrapes inside the window, up to the one taken at its end while the load was held
                 last = at_end[0] if at_end and at_end[0] is not None else None
                 server = server_level(watch.series, clocks.to_mono(window.start),
                                       last.t if last is not None else clocks.to_mono(window.end))
-            lv = summarize_level(records, plan, window, clocks, server=server, client=cpu_lag,
-                                 server_metrics=watch.schema if watch.schema != "none"
-                                 else (watch.error or "no server metrics"))
+                lv = summarize_level(records, plan, window, clocks, server=server, client=cpu_lag,
+                                     server_metrics=metrics_note())
+            if plan.mode != "wave" and getattr(engine, "tripped", None):
+                lv.interrupted = True  # the budget ended it early: measured, but not for as long as planned
             watch.series.clear()  # this level's samples are summed up; the next level starts at its own boundary
             results.append(lv)
             if on_level:
                 on_level(lv, records)
+            if why := why_stop():
+                stopped = why
+                break
             if lv.completed == 0 and lv.failed and all(
                     r.status is None for r in records if not r.ok):
                 # nothing answered at all: the server is gone; more levels would only repeat the failure
@@ -298,6 +412,7 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: P
                 stopped = f"server gone: every request of level {plan.concurrency} failed ({first})"
                 break
     finally:
+        await _cancel(stop_task)
         await engine.stop()
         await watch.stop()
         await client.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,5 +36,7 @@ def run_qbench(*args: str, timeout: float = 180, env: dict | None = None, **kw) 
     e.pop("QBENCH_API_KEY", None)
     e.pop("OPENAI_API_KEY", None)
     e.update(env or {})
+    # a fresh working folder: `qbench run` saves into ./results by default, which must not be the checkout
+    cwd = kw.get("cwd") or tempfile.mkdtemp(prefix="qbench-test-")
     return subprocess.run([sys.executable, "-m", "qbench_tui.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=e, cwd=kw.get("cwd"))
+                          timeout=timeout, env=e, cwd=cwd)

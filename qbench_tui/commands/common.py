@@ -51,11 +51,21 @@ def add_load(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ignore-eos", action="store_true", default=None, help="always generate max-tokens tokens")
     g.add_argument("--temperature", type=float)
     g.add_argument("--timeout", type=float, metavar="S", help="read stall that fails a request (default 600)")
-    g.add_argument("--max-error-rate", type=float, metavar="R", help="exit 3 when the failed share exceeds R")
+    g.add_argument("--max-error-rate", type=float, metavar="R",
+                   help="exit 3 when the failed share exceeds R; the load also stops once a level's recent "
+                        "requests fail clearly more often than R")
+    g.add_argument("--max-consecutive-failures", type=int, metavar="N",
+                   help="stop the load after N failures in a row with no success (default 0: automatic, "
+                        "max(20, 2 x concurrency))")
+    from .workload import add_dataset
+
+    add_dataset(p)
 
 
 LOAD_KEYS = ("url", "model", "endpoint", "prompt", "prompts_file", "prompt_len", "unique_prefix", "max_tokens",
-              "ignore_eos", "temperature", "timeout", "max_error_rate", "ca_cert", "insecure")
+              "ignore_eos", "temperature", "timeout", "max_error_rate", "max_consecutive_failures", "ca_cert",
+              "insecure", "random_input_len", "random_output_len", "random_range_ratio", "shared_prefix_len",
+              "prefix_groups", "num_prompts", "seed")
 # flags some commands have that no config key holds: checked here so that every command refuses them alike
 _OTHER_NUMBERS = {"duration": True, "warmup": False, "requests": True}  # name: must be > 0 (else >= 0)
 
@@ -83,7 +93,17 @@ def config_from(args: argparse.Namespace, extra: dict[str, Any] | None = None):
 
     warn_about_target(cfg.load.url, resolve_api_key(getattr(args, "api_key", None))[0], cfg.load.insecure)
     _prompts(cfg.load.prompt, cfg.load.prompts_file, cfg.load.prompt_len, cfg.load.unique_prefix)
+    _shape(cfg)  # a shape that cannot be built stops here, before a server is launched
     return cfg
+
+
+def _shape(cfg):
+    from . import workload
+
+    try:
+        return workload.shape_of(cfg)
+    except workload.Usage as e:
+        raise Usage(str(e)) from None
 
 
 def warn_about_target(url: str, api_key: str | None, insecure: bool) -> None:
@@ -127,7 +147,15 @@ def _not_utf8(path: str) -> str:
 
 
 def spec_and_prompts(cfg, url: str, model: str, api_key: str | None):
+    from . import workload
+
     lc = cfg.load
+    if (shape := _shape(cfg)) is not None:
+        try:
+            prompts = workload.build_dataset_prompts(cfg, shape, url, model, api_key)
+        except workload.Usage as e:
+            raise Usage(str(e)) from None
+        return request_spec(cfg, url, model, api_key), prompts
     prompts = _prompts(lc.prompt, lc.prompts_file, lc.prompt_len, lc.unique_prefix)
     return request_spec(cfg, url, model, api_key), prompts
 
@@ -138,12 +166,16 @@ def request_spec(cfg, url: str, model: str, api_key: str | None):
     lc = cfg.load
     return RequestSpec(url=url.rstrip("/"), model=model, endpoint=lc.endpoint, max_tokens=lc.max_tokens,
                        temperature=lc.temperature, ignore_eos=lc.ignore_eos, api_key=api_key,
-                       read_timeout=lc.timeout, ca_cert=lc.ca_cert, insecure=lc.insecure)
+                       read_timeout=lc.timeout, ca_cert=lc.ca_cert, insecure=lc.insecure,
+                       max_error_rate=lc.max_error_rate, max_consecutive_failures=lc.max_consecutive_failures)
 
 
 def prompt_source(cfg) -> str:
     from ..engine.prompts import describe_source
+    from .workload import describe_shape
 
+    if (shape := _shape(cfg)) is not None:
+        return describe_shape(shape)
     return describe_source(cfg.load.prompts_file, cfg.load.prompt_len)
 
 
@@ -182,6 +214,9 @@ class Target:
             except LaunchError as e:
                 self.server.stop()
                 raise Unreachable(str(e)) from None
+            except BaseException:  # Ctrl-C / SIGTERM while it starts: __exit__ will not run, so stop it here
+                self.server.stop()
+                raise
             return self.server.url
         return (self.args.url or self.cfg.load.url).rstrip("/")
 

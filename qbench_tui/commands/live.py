@@ -1,14 +1,64 @@
 """`qbench tui` and `qbench demo`: wire a server (attached, launched or simulated), the engine process and the
-dashboard together. The UI process only draws; the engine and the simulator each run in their own process."""
+dashboard together. The UI process only draws; the engine and the simulator each run in their own process.
+
+A server given by URL may not be up yet: the dashboard starts at once and waits for it, retrying with a growing
+delay and saying so on the control bar, rather than waiting before the screen opens. So the user sees why nothing
+runs, and q leaves at any time (exit 1, naming what the server last did). The exit status and its one line on
+stderr come from tui/outcome.py once the screen is restored."""
 from __future__ import annotations
 
 import argparse
+import re
+import ssl
 import threading
 
-from .common import Usage, add_load, add_target, config_from, request_spec
+from .common import Usage, add_load, add_target, config_from, err, request_spec
 
 
-def _engine_factory(args, cfg, url_fn, api_key, simulated: bool, server_label: str = "", key_source: str = "none"):
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _retriable(e: Exception) -> str | None:
+    """Worth waiting for: nothing listening yet, or a proxy whose upstream is down (5xx). Not: an answer no wait
+    changes (a key refused, a wrong base URL) or a TLS failure (a certificate does not fix itself)."""
+    from ..engine.server_wait import connect_reason
+
+    msg = str(e)
+    if msg.startswith("cannot reach "):  # headless.discover's words for a transport failure
+        cause = e.__context__ or e
+        chain = [cause, cause.__context__, cause.__cause__]
+        if any(isinstance(c, ssl.SSLError) for c in chain) or "SSL" in msg or "certificate" in msg:
+            return None
+        return connect_reason(cause)
+    m = re.search(r"answered HTTP (5\d\d)", msg)
+    return f"HTTP {m.group(1)}" if m else None
+
+
+def _url_waiter(url: str, api_key: str | None, cfg, found: list[str]):
+    """The dashboard's wait for a server given by URL: /v1/models until it answers (headless.discover's checks,
+    so a missing key is named at once); the models it lists are kept in `found` for the engine factory."""
+
+    def wait(say, stop) -> None:
+        import asyncio
+
+        from ..engine.server_wait import wait_until_up
+        from ..headless import discover
+
+        lc = cfg.load
+
+        def attempt():
+            return asyncio.run(discover(url, _headers(api_key), need_model=not lc.model, ca_cert=lc.ca_cert,
+                                        insecure=lc.insecure))
+
+        _, models = wait_until_up(attempt, _retriable, url=url, say=say, stop=stop)
+        found[:] = models
+
+    return wait
+
+
+def _engine_factory(args, cfg, url_fn, api_key, simulated: bool, server_label: str = "", key_source: str = "none",
+                    found: list[str] | None = None):
     def factory():
         import asyncio
 
@@ -17,11 +67,12 @@ def _engine_factory(args, cfg, url_fn, api_key, simulated: bool, server_label: s
         from ..headless import discover
 
         url = url_fn().rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         model = cfg.load.model
         lc = cfg.load
-        if not model:
-            _, models = asyncio.run(discover(url, headers, ca_cert=lc.ca_cert, insecure=lc.insecure))
+        if not model and found:
+            model = found[0]
+        elif not model:
+            _, models = asyncio.run(discover(url, _headers(api_key), ca_cert=lc.ca_cert, insecure=lc.insecure))
             model = models[0] if models else ""
         spec = request_spec(cfg, url, model, api_key)
         sc = SessionConfig(spec=spec, prompt=lc.prompt, prompts_file=lc.prompts_file, prompt_len=lc.prompt_len,
@@ -40,6 +91,11 @@ def _cfg(args: argparse.Namespace):
              "load.concurrency": getattr(args, "concurrency", None)}
     cfg = config_from(args, extra)
     _auto_ladder(cfg)  # a bad --slo is a usage error before any server starts
+    from ..report.files import check_results_dir
+
+    problem = check_results_dir(cfg.sweep.out)  # an unwritable or full results folder: before any server starts
+    if problem:
+        raise Usage(problem)
     return cfg
 
 
@@ -57,21 +113,39 @@ def _auto_ladder(cfg):
     return AutoLadder(max_concurrency=sw.max_concurrency, budget_s=sw.budget, slo=slo, hold=sw.hold > 0)
 
 
-def _run_app(factory, server, cfg, args, simulated: bool, title: str) -> int:
+def _run_app(factory, server, cfg, args, simulated: bool, title: str, wait_server=None) -> int:
+    import signal
+
     from ..tui.app import QBenchApp
+    from ..tui.terminal import GuardedTerminal
 
     app = QBenchApp(factory, server=server, title=title, simulated=simulated, out_dir=cfg.sweep.out,
                     start_concurrency=cfg.load.concurrency, start_paused=bool(getattr(args, "paused", False)),
-                    auto_ladder=_auto_ladder(cfg))
+                    auto_ladder=_auto_ladder(cfg), wait_server=wait_server)
+    term = GuardedTerminal()
     try:
-        app.run()
+        with term:
+            app.run()
+    except OSError:
+        if not term.gone:
+            raise
     finally:
         app.close_all()  # blocking fallback; a no-op when the app already shut everything down
         if server is not None:
             server.stop()
-    if app.saved_paths:
-        print("saved: " + "\n       ".join(app.saved_paths))
-    return int(app.return_code or 0)
+    if term.gone and app.outcome.signum is None:
+        app.outcome.signum = signal.SIGHUP  # the terminal went before its SIGHUP was handled: a hangup all the same
+    code, reason = app.exit_status()
+    if not code and app.return_code:  # Textual's own failure (a panic): not a clean session either
+        code = int(app.return_code)
+    try:  # after SIGHUP the terminal may be gone: the files are what matters, and they are written
+        if app.saved_paths:
+            print("saved: " + "\n       ".join(app.saved_paths))
+        if reason:
+            err(reason)
+    except OSError:
+        pass
+    return code
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -108,6 +182,7 @@ def run_tui(args: argparse.Namespace) -> int:
         from ..server.launcher import LaunchedServer, LaunchError
 
         server = LaunchedServer(cfg.server, cfg.sweep.out)
+        server.add_secret(api_key)  # the client's key is often the server's too: never in its log or command line
         try:
             server.start()
         except LaunchError as e:
@@ -126,8 +201,10 @@ def run_tui(args: argparse.Namespace) -> int:
     url = getattr(args, "url", None) or cfg.load.url
     if not url:
         raise Usage("no server: give --url URL, --launch CONFIG or --sim PROFILE (or run `qbench demo`)")
-    factory = _engine_factory(args, cfg, lambda: url, api_key, False, key_source=key_source)
-    return _run_app(factory, None, cfg, args, False, f"qbench — {url}")
+    found: list[str] = []
+    factory = _engine_factory(args, cfg, lambda: url, api_key, False, key_source=key_source, found=found)
+    return _run_app(factory, None, cfg, args, False, f"qbench — {url}",
+                    wait_server=_url_waiter(url.rstrip("/"), api_key, cfg, found))
 
 
 def add_arguments(p: argparse.ArgumentParser, demo: bool) -> None:

@@ -27,6 +27,17 @@ def run(args: argparse.Namespace) -> int:
     except ServerUnreachable as e:
         err(tls_hint(str(e)))
         return EXIT_FAIL
+    if not d.get("models"):
+        # no model listed: a proxy that wants a key (or refused this one) says so on /v1/models; discover names
+        # the status and where the key goes, as `run` and `sweep` do
+        from ..headless import Unreachable, discover
+
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            asyncio.run(discover(url, headers, ca_cert=ca_cert, insecure=bool(args.insecure)))
+        except Unreachable as e:
+            err(tls_hint(str(e)))
+            return EXIT_FAIL
     if args.json:
         print(json.dumps(d, indent=2))
         return EXIT_OK

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .common import (
     EXIT_FAIL,
@@ -14,11 +13,8 @@ from .common import (
     add_target,
     config_from,
     err,
-    error_exit,
     print_failures,
-    prompt_source,
     resolve_model,
-    run_async,
     spec_and_prompts,
 )
 
@@ -117,103 +113,80 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import resolve_api_key
     from ..engine.knee import find_knee
-    from ..engine.recordlog import RecordLog
     from ..engine.slo import describe
     from ..headless import LevelPlan, run_plan
-    from ..report.files import RunMeta, classic_table, result_basename, verdict_lines, write_results
+    from ..report.files import classic_table, render_json, verdict_lines
+    from .results import RunFiles, check_out, exit_code, measure, report_stop, run_meta
 
     sw = cfg.sweep
     auto: AutoPlans | None = None
-    interrupted = False
-
-    def verdict():
-        return find_knee(auto.ladder_levels(levels) if auto else levels, sw.knee_share, slo)
-
     api_key, key_source = resolve_api_key(args.api_key)
     target = Target(args, cfg)
-    levels: list = []
-    meta = None
-    paths: list[Path] = []
-    try:
-        with target as url:
-            model, version = resolve_model(url, api_key, cfg.load.model, cfg)
-            spec, prompts = spec_and_prompts(cfg, url, model, api_key)
-            meta = RunMeta(url=url, model=model, vllm_version=version, prompt=cfg.load.prompt,
-                           prompt_source=prompt_source(cfg), max_tokens=cfg.load.max_tokens, levels=sw.levels,
-                           mode=sw.mode, endpoint=cfg.load.endpoint, ignore_eos=cfg.load.ignore_eos,
-                           unique_prefix=cfg.load.unique_prefix, temperature=cfg.load.temperature,
-                           simulated=bool(version and "sim" in version),
-                           server_config=target.server.config_label if target.server else "",
-                           config_sources={**dict(cfg.sources), "api_key": key_source})
-            base = result_basename(model, meta.started)
-            out = Path(sw.out)
-            records = RecordLog(out / f"{base}.requests.jsonl")
-            paths = [out / f"{base}.txt", out / f"{base}.json", records.path]
-            say = (lambda line: None) if args.json else (lambda line: print(f"  {line}", file=sys.stderr))
-            if ladder is None:
-                plans = [LevelPlan(c, sw.mode, sw.duration or None, sw.requests or None, sw.warmup)
-                         for c in sw.levels]
-                what = f"mode {sw.mode}  levels {list(sw.levels)}"
-            else:
-                auto = AutoPlans(ladder, lambda c, hold: LevelPlan(
-                    c, "steady", hold or (sw.duration or (None if sw.requests else AUTO_LEVEL_S)),
-                    None if hold else (sw.requests or None), sw.warmup), sw.hold, slo, say)
-                plans = auto
-                meta.mode, meta.levels = "steady", ()
-                meta.ladder = (f"auto ladder from {ladder.start}, x{ladder.growth:g} up to {ladder.max_concurrency}"
-                               f" then bisection, budget {ladder.budget_s:g} s, knee = lowest level within "
-                               f"{ladder.share:.0%} of the peak" + (f", SLO {describe(slo)}" if slo else ""))
-                what = meta.ladder
-            if not args.json:
-                print(f"qbench sweep {url}  model {model}  {what}"
-                      + ("  [SIMULATED]" if meta.simulated else ""), file=sys.stderr)
-
-            def on_level(lv, recs) -> None:
-                levels.append(lv)
-                if auto:
-                    meta.levels = tuple(x.max_concurrency or 0 for x in levels)
-                for r in recs:
-                    records.add(r, level=lv.max_concurrency)
-                records.flush()
-                write_results(out, base, meta, levels, verdict())
-                if not args.json:
-                    print(f"  level {lv.max_concurrency}: {lv.completed} ok, {lv.failed} failed, "
-                          f"{lv.duration_s:.2f} s, {lv.output_throughput or 0.0:.1f} tok/s"
-                          + (f"; {lv.window.describe()}" if _windowed(lv) else ""), file=sys.stderr)
-                    print_failures(lv)
-
-            try:
-                _, stopped = run_async(run_plan(spec, prompts, plans, on_level, should_stop=target.died))
-            finally:
-                records.close()
-            if stopped:
-                meta.notes.append(f"stopped early: {stopped.splitlines()[0]}")
-                err(stopped)
-            if auto and auto.done is not None:
-                meta.notes.append(f"ladder: {auto.done.why}")
-                if auto.hold_at is not None and len(levels) > (auto.n_ladder or 0):
-                    meta.notes.append(f"the last level is the hold at concurrency {auto.hold_at} for {sw.hold:g} s "
-                                      "(not part of the ladder's verdict)")
-    except KeyboardInterrupt:
-        interrupted = True
-        if meta is not None:
-            meta.notes.append(f"interrupted by the user after {len(levels)} level(s)")
-        err("interrupted")
-    if meta is not None and paths:
-        knee = verdict()
-        write_results(paths[0].parent, paths[0].name[:-4], meta, levels, knee)
-        if args.json:
-            print(paths[1].read_text())
+    check_out(sw.out)  # before a server is launched or any load starts
+    with target as url:
+        model, version = resolve_model(url, api_key, cfg.load.model, cfg)
+        spec, prompts = spec_and_prompts(cfg, url, model, api_key)
+        meta = run_meta(cfg, target, url, model, version, key_source, sw.levels, sw.mode)
+        say = (lambda line: None) if args.json else (lambda line: print(f"  {line}", file=sys.stderr))
+        if ladder is None:
+            plans = [LevelPlan(c, sw.mode, sw.duration or None, sw.requests or None, sw.warmup)
+                     for c in sw.levels]
+            what = f"mode {sw.mode}  levels {list(sw.levels)}"
         else:
-            shown = sorted(levels, key=lambda lv: lv.max_concurrency or 0) if auto else levels
-            print(classic_table(shown) if levels else "(no level finished)")
-            lines = verdict_lines(knee)
-            if lines:
-                print("\n" + "\n".join(lines))
-            print(f"\nsaved: {paths[0]}\n       {paths[1]}\n       {paths[2]}")
-    if meta is not None and (interrupted or len(levels) < len(meta.levels)):
-        return EXIT_FAIL
-    return error_exit(levels, cfg.load.max_error_rate)
+            auto = AutoPlans(ladder, lambda c, hold: LevelPlan(
+                c, "steady", hold or (sw.duration or (None if sw.requests else AUTO_LEVEL_S)),
+                None if hold else (sw.requests or None), sw.warmup), sw.hold, slo, say)
+            plans = auto
+            meta.mode, meta.levels = "steady", ()
+            meta.ladder = (f"auto ladder from {ladder.start}, x{ladder.growth:g} up to {ladder.max_concurrency}"
+                           f" then bisection, budget {ladder.budget_s:g} s, knee = lowest level within "
+                           f"{ladder.share:.0%} of the peak" + (f", SLO {describe(slo)}" if slo else ""))
+            what = meta.ladder
+        files = RunFiles(sw.out, meta, lambda lvs: find_knee(auto.ladder_levels(lvs) if auto else lvs,
+                                                             sw.knee_share, slo))
+        if not args.json:
+            print(f"qbench sweep {url}  model {model}  {what}"
+                  + ("  [SIMULATED]" if meta.simulated else ""), file=sys.stderr)
+
+        def on_level(lv, recs) -> None:
+            if auto:
+                meta.levels = tuple(x.max_concurrency or 0 for x in [*files.levels, lv])
+            files.add_level(lv)
+            if not args.json:
+                print(f"  level {lv.max_concurrency}: {lv.completed} ok, {lv.failed} failed, "
+                      f"{lv.duration_s:.2f} s, {lv.output_throughput or 0.0:.1f} tok/s"
+                      + ("; INTERRUPTED (what finished before the stop)" if lv.interrupted else
+                         f"; {lv.window.describe()}" if _windowed(lv) else ""), file=sys.stderr)
+                print_failures(lv)
+
+        try:
+            (_, stopped), signum = measure(lambda stop: run_plan(
+                spec, prompts, plans, on_level, should_stop=lambda: target.died() or files.error,
+                on_record=files.record, stop=stop), files)
+        finally:
+            files.close()
+        report_stop(stopped, signum, files.levels, meta)
+        if auto and auto.done is not None:
+            meta.notes.append(f"ladder: {auto.done.why}")
+            if auto.hold_at is not None and len(files.levels) > (auto.n_ladder or 0):
+                meta.notes.append(f"the last level is the hold at concurrency {auto.hold_at} for {sw.hold:g} s "
+                                  "(not part of the ladder's verdict)")
+        saved = files.save()  # final before a launched server is stopped (a second Ctrl-C may come then)
+    levels = files.levels
+    if not saved and files.error != stopped:
+        err(files.error or "results not saved")
+    knee = files.verdict()
+    if args.json:
+        print(render_json(meta, levels, knee), end="")
+    else:
+        shown = sorted(levels, key=lambda lv: lv.max_concurrency or 0) if auto else levels
+        print(classic_table(shown) if levels else "(no level finished)")
+        lines = verdict_lines(knee)
+        if lines:
+            print("\n" + "\n".join(lines))
+        print("\n" + files.saved_lines())
+    code = exit_code(stopped, signum, levels, cfg.load.max_error_rate)
+    return EXIT_FAIL if code == 0 and not saved else code
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

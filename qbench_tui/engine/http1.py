@@ -94,7 +94,8 @@ class _Response:
     """Parses one HTTP/1.1 response as it arrives; a 200's body goes to on_data, any other's to errbody."""
 
     __slots__ = ("conn", "on_data", "on_end", "fut", "phase", "head", "status", "framing", "left", "cbuf",
-                 "errbody", "keep_alive", "error", "last_read", "read_timeout", "timer", "loop", "ctype", "cenc")
+                 "errbody", "keep_alive", "error", "last_read", "read_timeout", "timer", "loop", "ctype", "cenc",
+                 "retry_after")
 
     def __init__(self, conn: _Conn, on_data: OnData, on_end: OnEnd, loop: asyncio.AbstractEventLoop,
                  read_timeout: float) -> None:
@@ -108,6 +109,7 @@ class _Response:
         self.status: int | None = None
         self.ctype = ""  # content-type, as sent
         self.cenc = ""  # content-encoding, lowercased
+        self.retry_after = ""  # Retry-After, as sent (the worker's backoff reads it)
         self.framing = _UNTIL_CLOSE
         self.left = -1  # chunked: bytes left in the current chunk; -1 = size line next, -2 = CRLF next
         self.cbuf = b""
@@ -228,6 +230,8 @@ class _Response:
                 self.ctype = v.strip()
             elif k == "content-encoding":
                 self.cenc = v.strip().lower()
+            elif k == "retry-after":
+                self.retry_after = v.strip()
         if conn_hdr == "close" or (version == "HTTP/1.0" and conn_hdr != "keep-alive"):
             self.keep_alive = False
         if status in (204, 304):  # no body by definition, whatever the headers say
@@ -366,13 +370,14 @@ def is_event_stream(content_type: str, content_encoding: str) -> bool:
 class Reply:
     """How one exchange ended: `error` ("" when the response arrived whole) wins over `status`; `body` is the
     collected body of a non-200 response or of a 200 that is not an event stream (None for a streamed 200,
-    whose body went to on_data); `content_type` / `content_encoding` as the head gave them ("" when absent)."""
+    whose body went to on_data); `content_type`, `content_encoding`, `retry_after`: the head's ("" when absent)."""
 
     status: int | None
     error: str = ""
     body: bytes | None = None
     content_type: str = ""
     content_encoding: str = ""
+    retry_after: str = ""
 
 
 class RawClient:
@@ -474,7 +479,7 @@ class RawClient:
             conn.abort()
             self._conn = None
         body = None if resp.errbody is None else b"".join(resp.errbody)
-        return Reply(resp.status, resp.error, body, resp.ctype, resp.cenc)
+        return Reply(resp.status, resp.error, body, resp.ctype, resp.cenc, resp.retry_after)
 
 
 def _exc_text(e: BaseException) -> str:

@@ -4,6 +4,11 @@ Everything runs on one asyncio loop (no threads). Worker i keeps sending request
 the target lets a busy worker finish its current request and then exit, so no request is ever cancelled except
 by stop(). Each worker owns one RawClient (one kept-alive connection); all clients share one SSLContext.
 
+A worker whose request failed without a token waits before its next one (engine/backoff.py: jittered, exponential,
+Retry-After honoured); the wait ends at once when the worker has to stop sending (stop, pause, a lower target, the
+level's end). Every measured record feeds the error budget (engine/budget.py); when it trips, `tripped` names the
+server's error and the engine pauses itself: no new request, a running steady level ends, until resume().
+
 Every finished request goes into `timeline` (its tokens by arrival time); `horizon()` says up to when that
 timeline is complete. A steady level is measured only once settled (engine/settle.py) and held at C until every
 request it measures has ended (engine/window.py: which requests count, and why).
@@ -17,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from time import perf_counter
 
+from qbench_tui.engine.backoff import Backoff
+from qbench_tui.engine.budget import ErrorBudget
 from qbench_tui.engine.http1 import RawClient, make_ssl_context
 from qbench_tui.engine.records import RequestRecord, RequestSpec
 from qbench_tui.engine.request import make_client, stream_request
@@ -28,8 +35,6 @@ log = logging.getLogger(__name__)
 
 Prompt = str | list[dict]
 
-_FAST_FAIL_S = 0.05
-_FAST_FAIL_BACKOFF_S = 0.1
 _TICK_S = 0.1  # how often a steady level looks at its data (settled? window over? measured requests ended?)
 # A request in flight longer than this many typical latencies (and STRAGGLER_MIN_S) is not waited for by
 # horizon(): one stuck stream must not freeze every live rate until its read timeout.
@@ -75,6 +80,9 @@ class LoadEngine:
         self.timeline = Timeline(perf_counter())
         self._starts: dict[int, float] = {}  # request index -> send time, while in flight
         self._typical_e2el = 0.0  # moving mean of ok requests' latency (the straggler rule)
+        self._backoffs: dict[int, Backoff] = {}  # per worker index: survives a worker's exit and return
+        self.budget = ErrorBudget(spec.max_error_rate, spec.max_consecutive_failures)
+        self.tripped: str | None = None  # the budget's message once it tripped; cleared by resume()
 
     # ------------------------------------------------------------ live control
 
@@ -122,13 +130,22 @@ class LoadEngine:
             raise ValueError("concurrency must be >= 0")
         if n != self._target:
             self._segment += 1
+            self.budget.set_load(n)
         self._set_target(n)
 
     def pause(self) -> None:
         self._paused = True
+        self._poke()  # a worker waiting out a backoff stops waiting for a send that will not happen
 
     def resume(self) -> None:
+        """Unpause; after a trip also clear `tripped` and give the server a fresh budget and fresh backoffs (the
+        user asked to try again: the first requests go out at once)."""
         self._paused = False
+        if self.tripped is not None:
+            self.tripped = None
+            self.budget.reset()
+            for b in self._backoffs.values():
+                b.reset()
         self._poke()
 
     async def start(self, concurrency: int) -> None:
@@ -167,8 +184,13 @@ class LoadEngine:
         """
         if c < 1:
             raise ValueError("wave size must be >= 1")
+        self.last_bounds = None  # a wave has no steady window
+        if self.tripped is not None:  # the budget stopped the load: nothing is sent (nor drained) until resume()
+            self.last_level_duration = 0.0
+            return []
         self._stopped = False
         await self._drain()
+        self.budget.set_load(c, rounds=1)
         seg = self._segment
         records: list[RequestRecord] = []
         tasks = [asyncio.create_task(self._one(i, seg, c, False, records)) for i in range(c)]
@@ -178,7 +200,6 @@ class LoadEngine:
         finally:
             self._wave_tasks.difference_update(tasks)
         self.last_level_duration = level_duration(records)
-        self.last_bounds = None  # a wave has no steady window
         return records
 
     async def run_steady(
@@ -200,6 +221,10 @@ class LoadEngine:
         Returns every record of the level; `last_bounds` is the window (None when the level was stopped) and
         `last_level_duration` its length. Live workers are drained first; records carry the current segment
         (call new_segment() first).
+
+        When the error budget trips (`tripped`), the level ends early: nothing more is sent, in-flight requests
+        finish, and the window runs from the end of the warm-up to then, marked not steady (as for a level that
+        fails before it could settle). While `tripped` is set, nothing runs: [] and `last_bounds` None.
         """
         if c < 1:
             raise ValueError("concurrency must be >= 1")
@@ -207,8 +232,13 @@ class LoadEngine:
             raise ValueError("run_steady needs duration or requests")
         if self._level is not None:
             raise RuntimeError("a level is already running")
+        self.last_bounds = None
+        if self.tripped is not None:
+            self.last_level_duration = 0.0
+            return []
         self._stopped = False
         await self._drain()
+        self.budget.set_load(c)
         t_start = perf_counter()
         warmup = max(0.0, warmup)
         lvl = _Level(warmup_end=t_start + warmup, records=[])
@@ -218,13 +248,19 @@ class LoadEngine:
         steady = True
         until: float | None = None
         bounds: Bounds | None = None
+        tripped_at: float | None = None
         self._level = lvl
-        self.last_bounds = None
         try:
             self._set_target(c)
             while self._tasks and not lvl.closed:
                 await asyncio.sleep(_TICK_S)
                 now = perf_counter()
+                if self.tripped is not None:
+                    # measured records only trip it, so the warm-up is over; the window is closed after the drain
+                    tripped_at = now
+                    if t0 is None:
+                        t0 = min(t_start + warmup, now)
+                    break
                 if t0 is None and settler is not None:
                     if lvl.failing >= c and now >= lvl.warmup_end:
                         # a round of failures and no success since (the server refuses, or died): there is no
@@ -245,7 +281,10 @@ class LoadEngine:
                         i = bisect_left(lvl.stamps, t0)
                         if len(lvl.stamps) - i <= requests:  # type: ignore[operator]
                             continue
-                        until = lvl.stamps[i + requests]  # type: ignore[operator]
+                        # both edges ON send stamps: nothing awaits between a request's stamp and its record's
+                        # start, so no other request's stamp falls between them and the count is exact (an edge
+                        # between the two let the window take 101 of --requests 100 now and then)
+                        t0, until = lvl.stamps[i], lvl.stamps[i + requests]  # type: ignore[operator]
                 if self.oldest_start(now) < until:
                     continue  # a measured request is still running: hold the load at C
                 end = perf_counter()
@@ -257,6 +296,9 @@ class LoadEngine:
             self._set_target(0)
             while self._tasks:
                 await asyncio.wait(list(self._tasks.values()))
+            if tripped_at is not None and t0 is not None:
+                end = perf_counter()
+                bounds = Bounds(t_start, t0, end, tripped_at, end, False)
         finally:
             # also on cancellation of this runner: stop starting requests, let in-flight ones finish
             lvl.closed = True
@@ -294,8 +336,16 @@ class LoadEngine:
             c = self._clients[i] = make_client(self.spec, self._ssl)
         return c
 
+    def _sending(self, i: int, lvl: _Level | None) -> bool:
+        """Whether worker i may send (now or after its backoff), `lvl` being the level it works for."""
+        return (i < self._target and not self._stopped and not self._paused and self._level is lvl
+                and not (lvl is not None and lvl.closed))
+
     async def _worker(self, i: int) -> None:
         me = asyncio.current_task()
+        backoff = self._backoffs.get(i)
+        if backoff is None:
+            backoff = self._backoffs[i] = Backoff()
         try:
             while i < self._target and not self._stopped:
                 lvl = self._level
@@ -306,13 +356,26 @@ class LoadEngine:
                     continue
                 warm = lvl is not None and perf_counter() < lvl.warmup_end
                 rec = await self._one(i, self._segment, self._target, warm, lvl.records if lvl else None)
-                if not rec.ok and rec.status is None and rec.e2el < _FAST_FAIL_S:
-                    # refused connections fail in microseconds: without a pause a dead server turns every
-                    # worker into a busy loop that floods the record log and starves the event loop
-                    await asyncio.sleep(_FAST_FAIL_BACKOFF_S)
+                wait = backoff.after(rec)
+                if wait > 0:
+                    await self._nap(i, lvl, wait)
         finally:
             if self._tasks.get(i) is me:
                 del self._tasks[i]
+
+    async def _nap(self, i: int, lvl: _Level | None, seconds: float) -> None:
+        """Wait `seconds`, or less when worker i has to stop sending first (every such change pokes _wake; a
+        poke that changes nothing for this worker, e.g. a higher target, lets the wait go on)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self._sending(i, lvl):
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except asyncio.TimeoutError:
+                return
 
     async def _one(self, i: int, segment: int, concurrency: int, warm: bool,
                    sink: list[RequestRecord] | None) -> RequestRecord:
@@ -344,12 +407,22 @@ class LoadEngine:
             lvl.failing = 0 if rec.ok else lvl.failing + 1
         if sink is not None:
             sink.append(rec)
+        if not warm and (why := self.budget.add(rec)) is not None:
+            self._trip(why)
         if self._on_record is not None:
             try:
                 self._on_record(rec)
             except Exception:
                 log.exception("on_record callback failed")
         return rec
+
+    def _trip(self, why: str) -> None:
+        # said to the user through `tripped` (the headless summary, the dashboard); a log line on stderr could
+        # land in the middle of the dashboard's screen
+        log.info("%s: load paused", why)
+        self.tripped = why
+        self._paused = True
+        self._poke()
 
 
 def level_duration(records: list[RequestRecord]) -> float:

@@ -65,7 +65,10 @@ def _child_main(cfg, cmd_conn, snaps, quiet: bool = False) -> None:
     die_with_parent()
     if quiet:
         _quiet_child_output(cfg.out_dir)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the face; it sends Stop
+    # Ctrl-C belongs to the face, which sends Save and Stop. So does SIGHUP: a closed terminal sends it to the whole
+    # foreground group, and an engine that died of it would leave the face nothing to save.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         import uvloop  # the faster loop, when installed (uvicorn[standard] brings it)
 
@@ -87,19 +90,23 @@ def _child_main(cfg, cmd_conn, snaps, quiet: bool = False) -> None:
         session = EngineSession(cfg, emit)
         loop = asyncio.get_running_loop()
 
+        def reply_saved() -> None:
+            session.refresh_rows()
+            emit(session.snapshot())
+
         def on_command() -> None:
             try:
                 while cmd_conn.poll():
                     cmd = cmd_conn.recv()
                     session.handle(cmd)
                     if isinstance(cmd, Save):
-                        session.refresh_rows()
-                        emit(session.snapshot())
+                        reply_saved()
             except (EOFError, OSError):
                 session.handle(Stop())  # the face is gone
                 loop.remove_reader(cmd_conn.fileno())
 
         loop.add_reader(cmd_conn.fileno(), on_command)
+        # the face died (PDEATHSIG) or the whole group was told to stop: the session saves as it stops
         loop.add_signal_handler(signal.SIGTERM, lambda: session.handle(Stop()))
         await session.run()
 

@@ -1,7 +1,8 @@
 """Where each request's prompt comes from: one fixed prompt, a file, or a synthetic prompt of N tokens.
 
-`--unique-prefix` puts a random per-request prefix FIRST so that no two requests share a cached block
-(prefix caching hashes from the start of the prompt, so a suffix would not defeat it).
+`--unique-prefix` puts a random per-request prefix FIRST — in a system message of its own, before anything a chat
+template adds — so that no two requests share a cached block (prefix caching hashes from the start of the prompt,
+so a suffix would not defeat it).
 """
 from __future__ import annotations
 
@@ -139,10 +140,16 @@ def make_prompt_source(prompt: str, prompts_file: str = "", prompt_len: int = 0,
     return unique
 
 
-def _prefixed(prefix: str, base: str | list) -> str | list:
+def _prefixed(prefix: str, base: str | list) -> list:
+    """The unique part in a system message FIRST: a chat template puts its default system prompt (Qwen's is ~20
+    tokens, the same for every request) before a user message, so a tag inside the user message still left a
+    shared cached block (58% prefix hits on the default prompt). On the completions endpoint the messages are
+    joined into one text, the tag first (request.build_request)."""
+    tag = prefix.strip()
     if isinstance(base, str):
-        return prefix + base
+        return [{"role": "system", "content": tag}, {"role": "user", "content": base}]
     msgs = [dict(m) for m in base]
-    if msgs and isinstance(msgs[0].get("content"), str):
-        msgs[0]["content"] = prefix + msgs[0]["content"]
-    return msgs
+    if msgs and msgs[0].get("role") == "system" and isinstance(msgs[0].get("content"), str):
+        msgs[0]["content"] = f"{tag}\n{msgs[0]['content']}"
+        return msgs
+    return [{"role": "system", "content": tag}, *msgs]

@@ -33,6 +33,8 @@ class RequestRecord:
     status: int | None = None  # HTTP status (None when no response)
     wall_start: float = 0.0  # time.time() at send
     warmup: bool = False  # steady mode: started during warm-up, excluded from statistics
+    retry_after: float | None = None  # seconds an error response's Retry-After asked for (engine/backoff.py)
+    scheduled: float | None = None  # open loop: perf_counter when it was due (engine/open_loop.py); None: closed
 
     @property
     def e2el(self) -> float:
@@ -64,6 +66,8 @@ class RequestRecord:
             "status": self.status,
             "error": self.error,
             "warmup": self.warmup,
+            "retry_after_s": self.retry_after,
+            "schedule_lag_s": None if self.scheduled is None else round(max(0.0, self.start - self.scheduled), 6),
         }
 
 
@@ -83,3 +87,7 @@ class RequestSpec:
     read_timeout: float = 600.0  # a stall longer than this between bytes fails the request
     ca_cert: str = ""  # https: a PEM file of CAs trusted besides the system's
     insecure: bool = False  # https: no certificate check at all
+    # the error budget (engine/budget.py): stop when the level's failed share is clearly above this (1.0: rule
+    # off), or after this many failures in a row with no success (0: automatic, from the concurrency)
+    max_error_rate: float = 1.0
+    max_consecutive_failures: int = 0

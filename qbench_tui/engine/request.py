@@ -11,6 +11,7 @@ import ssl
 import time
 from time import perf_counter
 
+from qbench_tui.engine.backoff import parse_retry_after
 from qbench_tui.engine.http1 import RawClient
 from qbench_tui.engine.openai_stream import StreamTiming, error_message, not_a_stream
 from qbench_tui.engine.prompts import Sized
@@ -98,5 +99,7 @@ async def stream_request(
             rec.error = not_a_stream(reply.content_type, reply.content_encoding, reply.body)
         else:
             rec.error = f"HTTP {reply.status}: {error_message(reply.body, reply.content_type, reply.content_encoding)}"
+            if reply.retry_after:
+                rec.retry_after = parse_retry_after(reply.retry_after, time.time())
         return rec
     return timing.finish(rec, perf_counter())

@@ -43,6 +43,28 @@ class Latency:
 
 
 @dataclass(frozen=True, slots=True)
+class Dist:
+    """A distribution that is not a latency: prompt / output lengths (tokens) or the open loop's schedule lag
+    (seconds; its JSON in ms)."""
+
+    mean: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    max: float | None = None
+
+    def to_json(self, scale: float = 1.0) -> dict[str, float | None]:
+        return {k: None if v is None else v * scale for k, v in
+                (("mean", self.mean), ("p50", self.p50), ("p90", self.p90), ("p99", self.p99), ("max", self.max))}
+
+    @classmethod
+    def from_json(cls, d: dict | None, scale: float = 1.0) -> Dist | None:
+        if not d:
+            return None
+        return cls(*(None if d.get(k) is None else d[k] / scale for k in ("mean", "p50", "p90", "p99", "max")))
+
+
+@dataclass(frozen=True, slots=True)
 class ServerLevel:
     """The server's side of one level, from its /metrics: counter deltas and gauge maxima over the level."""
 
@@ -217,6 +239,25 @@ class LevelResult:
     server_config: str = ""  # live: the launched server's flags while the segment ran ("" when not known)
     client: ClientLevel | None = None
     window: LevelWindow | None = None  # where it was measured (None: files written before windows were saved)
+    # stopped before it ended (a signal, a full disk, the error budget): summarised from the requests that had
+    # finished, first start to last end, not from a settled window
+    interrupted: bool = False
+    # what the requests were: prompt and output tokens of the ok requests, by the server's usage
+    input_lens: Dist | None = None
+    output_lens: Dist | None = None
+    # open loop (engine/open_loop.py): the rate asked for, its burstiness, and how late requests went out
+    request_rate: float | None = None
+    burstiness: float | None = None
+    schedule_lag: Dist | None = None  # seconds
+
+    @property
+    def behind_schedule(self) -> bool:
+        """An open-loop level whose requests did not go out when due: the p99 lag above 50 ms, or above half
+        the mean gap between arrivals (a cap that was full, or a client too slow to keep the rate)."""
+        lag = self.schedule_lag
+        if lag is None or lag.p99 is None or not self.request_rate:
+            return False
+        return lag.p99 > min(0.05, 0.5 / self.request_rate)
 
     @property
     def avg_latency_s(self) -> float | None:
@@ -259,6 +300,13 @@ class LevelResult:
             d["client"] = self.client.to_json()
         if self.window is not None:
             d["window"] = self.window.to_json()
+        d["interrupted"] = self.interrupted
+        d["input_lens"] = None if self.input_lens is None else self.input_lens.to_json()
+        d["output_lens"] = None if self.output_lens is None else self.output_lens.to_json()
+        if self.request_rate is not None:
+            d["request_rate"] = self.request_rate
+            d["burstiness"] = self.burstiness
+            d["schedule_lag_ms"] = None if self.schedule_lag is None else self.schedule_lag.to_json(1000.0)
         return d
 
     @classmethod
@@ -276,5 +324,8 @@ class LevelResult:
             mode=d.get("mode"), window_requests=d.get("window_requests"), segment=d.get("segment"),
             server=ServerLevel.from_json(d.get("server")), server_metrics=d.get("server_metrics"),
             server_config=d.get("server_config") or "", client=ClientLevel.from_json(d.get("client")),
-            window=LevelWindow.from_json(d.get("window")),
+            window=LevelWindow.from_json(d.get("window")), interrupted=bool(d.get("interrupted", False)),
+            input_lens=Dist.from_json(d.get("input_lens")), output_lens=Dist.from_json(d.get("output_lens")),
+            request_rate=d.get("request_rate"), burstiness=d.get("burstiness"),
+            schedule_lag=Dist.from_json(d.get("schedule_lag_ms"), 1000.0),
         )

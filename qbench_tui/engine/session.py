@@ -8,58 +8,37 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..report.files import RunMeta, result_basename, write_results
+from ..report.files import RunMeta, write_results
 from ..server.gpu import GpuSample, sample_gpus
 from .auto_live import LiveLadder
+from .client_health import ClientHealth
 from .knee import Knee, find_knee
+from .live_commands import apply_command
+from .live_view import E2EL_EDGES, HISTORY, ITL_EDGES, TTFT_EDGES, server_ttft, server_view
 from .load import LoadEngine
 from .metrics_parse import ServerSample
 from .prompts import describe_source, make_prompt_source
-from .recordlog import RecordLog
+from .recordlog import open_run_log
 from .records import RequestRecord, RequestSpec
-from .result import LevelResult, server_level
+from .result import LevelResult
 from .rolling import RollingWindow
 from .segments import SegmentStats
 from .server_poll import MetricsPoller, fetch_info, side_client
 from .server_series import ServerSeries
 from .snapshot import (
-    AutoLadder,
     Command,
     CurvePoint,
     EngineStatus,
-    Pause,
-    ResetWindow,
-    Resume,
-    RunLevel,
-    Save,
     SegmentRow,
-    ServerConfigChanged,
     ServerView,
     SetConcurrency,
     Snapshot,
-    Stop,
-    StopAuto,
-    clamp_concurrency,
 )
 from .stats import latency_view
 from .views import GenRates, client_limit_why, curve_points, segment_rows
 from .window import Clocks
 
-HISTORY = 240  # points kept for sparklines/charts: wider than any chart we draw
-LAG_PERIOD = 0.05
 MIN_SEGMENT_S = 2.0  # shorter segments are transitions, not levels (SessionConfig.min_segment_s)
-
-
-def _log_edges(lo: float = 1e-3, hi: float = 120.0, n: int = 40) -> tuple[float, ...]:
-    import math
-
-    step = (math.log10(hi) - math.log10(lo)) / n
-    return tuple(10 ** (math.log10(lo) + i * step) for i in range(n + 1))
-
-
-TTFT_EDGES = _log_edges(1e-3, 120.0, 40)
-ITL_EDGES = _log_edges(1e-4, 10.0, 40)
-E2EL_EDGES = _log_edges(1e-2, 600.0, 40)
 
 
 @dataclass(frozen=True)
@@ -100,8 +79,12 @@ class EngineSession:
                             ignore_eos=cfg.spec.ignore_eos, unique_prefix=cfg.unique_prefix,
                             temperature=cfg.spec.temperature, simulated=cfg.simulated,
                             server_config=cfg.server_config)
-        self.base = result_basename(cfg.spec.model, self.meta.started)
-        self.log = RecordLog(Path(cfg.out_dir) / f"{self.base}.requests.jsonl")
+        from ..report.environment import collect_environment, server_is_local
+
+        # a launched server's URL is loopback: its GPUs are this machine's
+        self.meta.environment = collect_environment(server_is_local(cfg.spec.url, False), cfg.simulated)
+        # a name no other run holds (a sub-second stamp, a suffix when taken), its records file created exclusively
+        self.base, self.log = open_run_log(cfg.out_dir, cfg.spec.model, self.meta.started)
         self.segments: dict[int, SegmentStats] = {}
         self.current: SegmentStats | None = None
         self.server_config = cfg.server_config
@@ -111,13 +94,14 @@ class EngineSession:
         self.failed_total = 0
         self.tok_hist: list[float] = []
         self.saved: tuple[str, ...] = ()
+        self.save_error = ""  # the latest save's failure, "" once one worked
+        self._saved_records = -1  # RecordLog.count at the latest save: the stop saves again only after new ones
         self.message = ""
+        self.paused_why = ""  # why the session paused the load itself (error budget, results disk): Snapshot
         self.status = EngineStatus.STARTING  # RUNNING once the server was asked who it is; PAUSED is derived
         self.ack = 0  # seq of the last command handled: the face shows its own intent until this reaches it
         self._t0 = time.perf_counter()
-        self._lag_ms = 0.0
-        self._lag_max = 0.0
-        self._cpu_pct = 0.0
+        self.health = ClientHealth()
         self._stop = asyncio.Event()
         self._level_task: asyncio.Task | None = None
         self._gpu: tuple[GpuSample, ...] = ()
@@ -151,21 +135,26 @@ class EngineSession:
             self.failures[r.error] = self.failures.get(r.error, 0) + 1
             self.last_error = r.error
 
-    def _open_segment(self) -> None:
+    def mark(self, event: str, **detail: object) -> None:
+        """One control event into the saved timeline (engine/replay.py reads it back for `qbench replay`)."""
+        self.meta.timeline.append({"t_s": round(time.perf_counter() - self._t0, 3), "event": event, **detail})
+
+    def open_segment(self) -> None:
         now = time.perf_counter()
-        self._close_segment(now)
+        self.close_segment(now)
+        self.mark("concurrency", value=self.engine.target)
         seg = SegmentStats(self.engine.segment, self.engine.target, now, mono_start=time.monotonic(),
                            server_config=self.server_config, timeline=self.engine.timeline)
         self.segments[seg.segment] = seg
         self.current = seg
 
-    def _close_segment(self, now: float) -> None:
+    def close_segment(self, now: float) -> None:
         seg = self.current
         if seg is not None and seg.t_end is None:
             # an explicit level (RunLevel) takes the window the load engine measured it over, when it has one
             seg.close(now, self.engine.horizon(now), self.engine.last_bounds if seg.explicit else None)
             if not len(seg.client):  # shorter than a client sample: the latest second stands for it
-                seg.client.add(self._cpu_pct, self._lag_max)
+                seg.client.add(self.health.cpu_pct, self.health.lag_max)
         self.current = None
 
     def segment_result(self, seg: SegmentStats, horizon: float | None = None,
@@ -187,73 +176,7 @@ class EngineSession:
     # ------------------------------------------------------------ commands
 
     def handle(self, cmd: Command) -> None:
-        # commands arrive in order on one pipe; a command that changes nothing is still acknowledged
-        self.ack = max(self.ack, cmd.seq)
-        if isinstance(cmd, SetConcurrency):
-            n = clamp_concurrency(cmd.n)
-            if n == self.engine.target and self.current is not None:
-                return
-            self.engine.set_concurrency(n)
-            if not self.engine.paused:
-                self._open_segment()
-            self.message = f"concurrency {n}"
-        elif isinstance(cmd, Pause):
-            if not self.engine.paused:
-                self.engine.pause()
-                self._close_segment(time.perf_counter())
-                self.message = "paused: in-flight requests finish, no new ones start"
-        elif isinstance(cmd, Resume):
-            if self.engine.paused:
-                self.engine.resume()
-                self.engine.new_segment()
-                self._open_segment()
-                self.message = "resumed"
-        elif isinstance(cmd, ResetWindow):
-            self.window.reset(time.perf_counter())
-            self.tok_hist.clear()
-            self.message = "rolling window reset"
-        elif isinstance(cmd, RunLevel):
-            self._run_level(cmd)
-        elif isinstance(cmd, Save):
-            self.save(cmd.out_dir)
-        elif isinstance(cmd, Stop):
-            self._stop.set()
-        elif isinstance(cmd, AutoLadder):
-            if self.auto is not None and self.auto.running:  # `a` again, or the palette twice: one ladder at a time
-                self.auto.stop("stopped by hand")
-            else:
-                self.auto = LiveLadder(self, cmd)
-                self.auto_state = f"auto: starting at {self.auto.spec.start}"
-        elif isinstance(cmd, StopAuto):
-            if self.auto is not None:
-                self.auto.stop("stopped by hand")
-        elif isinstance(cmd, ServerConfigChanged):
-            if cmd.label != self.server_config:
-                self.server_config = cmd.label
-                self.meta.server_config = cmd.label  # the header names the latest; each level names its own
-                if self.current is not None:  # what runs from now on runs against the new config
-                    self.engine.new_segment()
-                    self._open_segment()
-                self.message = f"server config: {cmd.label}"
-
-    def _run_level(self, cmd: RunLevel) -> None:
-        if self._level_task and not self._level_task.done():
-            self.message = "a level is already running"
-            return
-
-        async def level() -> None:
-            self.engine.new_segment()
-            self._open_segment()
-            self.current.concurrency = cmd.concurrency  # type: ignore[union-attr]
-            self.current.explicit = True  # type: ignore[union-attr]
-            if cmd.mode == "wave":
-                await self.engine.run_wave(cmd.concurrency)
-            else:
-                await self.engine.run_steady(cmd.concurrency, cmd.duration, cmd.requests, cmd.warmup)
-            self._close_segment(time.perf_counter())
-            self.message = f"level {cmd.concurrency} ({cmd.mode}) done"
-
-        self._level_task = asyncio.create_task(level())
+        apply_command(self, cmd)
 
     # ------------------------------------------------------------ saving
 
@@ -273,12 +196,12 @@ class EngineSession:
         return out
 
     def _sample_client(self) -> None:
-        """One sample a second of the load engine's CPU and worst loop lag (kept by _per_second/_lag_monitor)
+        """One sample a second of the load engine's CPU and worst loop lag (engine/client_health.py)
         into the open segment, so a level can say when the client set the pace."""
         now = time.perf_counter()
         if self.current is not None and now - self._client_sampled >= 0.95:
             self._client_sampled = now
-            self.current.client.add(self._cpu_pct, self._lag_max)
+            self.current.client.add(self.health.cpu_pct, self.health.lag_max)
 
     def save(self, out_dir: str | None = None) -> tuple[str, ...]:
         out = Path(out_dir or self.cfg.out_dir)
@@ -288,49 +211,56 @@ class EngineSession:
         self.meta.levels = tuple(lv.max_concurrency or 0 for lv in levels)
         self.meta.config_sources = dict(self.cfg.config_sources)
         same = [lv for lv in levels if lv.server_config == self.server_config]
+        events = self.meta.timeline
+        self.meta.timeline = [*events, {"t_s": round(time.perf_counter() - self._t0, 3), "event": "end"}]
         try:
             txt, js = write_results(out, self.base, self.meta, levels, find_knee(same))
         except OSError as e:
-            self.message = f"save failed: {e}"
+            self.save_error = self.message = f"save failed: {e}"
             return ()
+        finally:
+            self.meta.timeline = events
         self.saved = (str(txt), str(js), str(self.log.path))
+        self.save_error = ""
+        self._saved_records = self.log.count
         self.message = f"saved {txt}"
         return self.saved
 
+    def _final_save(self) -> None:
+        """However the session ends (the face's Stop, its pipe closing, SIGTERM from a dying face), what was
+        measured is written; a save the face just asked for is not repeated unless records came after it."""
+        if self.saved and self._saved_records == self.log.count:
+            return
+        said = self.message
+        try:
+            self.save()
+        except Exception as e:  # the last Snapshot must still go out
+            self.save_error = f"save failed: {type(e).__name__}: {e}"
+        if self.status is EngineStatus.ERROR:
+            self.message = said  # the error is the news, not the save
+
+    def check_self_pause(self) -> None:
+        """The session's own reasons to stop loading, looked at every tick: the error budget tripped (the load
+        engine already paused itself) or the records file cannot be written (paused here: what the server does
+        next would be measured and lost). The open segment ends there; a running ladder stops, naming why."""
+        why = self.log.error or self.engine.tripped or ""
+        if not why or why == self.paused_why:
+            return
+        self.paused_why = why
+        if not self.engine.paused:
+            self.engine.pause()
+        self.close_segment(time.perf_counter())
+        self.mark("pause", why=why)
+        if self.auto is not None and self.auto.running:
+            self.auto.stop(why)
+        self.message = f"load paused: {why}"
+
     # ------------------------------------------------------------ snapshot
 
-    def _server_view(self) -> ServerView:
-        s = self.series
-        last: ServerSample | None = s.latest()
-        now = time.monotonic()
-        w = self.cfg.window_s
-        if last is None:
-            return ServerView(reachable=False, schema="none", error=self.server_error, model=self.spec.model,
-                              vllm_version=self.version, gpu=self._gpu)
-        since = now - w
-        return ServerView(
-            reachable=True, schema=last.schema, error=self.server_error, model=self.spec.model,
-            vllm_version=self.version, engines=last.engines, kv_cache_usage=last.kv_cache_usage,
-            prefix_hit_rate=s.hit_rate(since), num_running=last.num_running, num_waiting=last.num_waiting,
-            preemptions_total=last.num_preemptions, preemptions_per_s=s.rate("num_preemptions", w, now),
-            gen_tok_s=s.rate("generation_tokens", w, now), prompt_tok_s=s.rate("prompt_tokens", w, now),
-            kv_history=tuple(v or 0.0 for v in s.history("kv_cache_usage", HISTORY)),
-            running_history=tuple(v or 0.0 for v in s.history("num_running", HISTORY)),
-            waiting_history=tuple(v or 0.0 for v in s.history("num_waiting", HISTORY)),
-            gen_tok_s_history=self._gen_rates(s),
-            num_gpu_blocks=int(last.num_gpu_blocks) if last.num_gpu_blocks else None,
-            block_size=int(last.block_size) if last.block_size else None, gpu=self._gpu,
-            ttft_mean=self._server_ttft(),
-        )
-
-    def _server_ttft(self) -> float | None:
-        """The server's mean TTFT over the rolling window's own span (requests whose first token came in it,
-        as the client's TTFT view), so the two compare."""
-        a, b = self.window.bounds(time.perf_counter())
-        if b <= a:
-            return None
-        srv = server_level(self.series, self._clocks.to_mono(a), self._clocks.to_mono(b))
-        return None if srv is None else srv.mean_ttft_s
+    def _server_view(self, now: float) -> ServerView:
+        return server_view(self.series, window_s=self.cfg.window_s, now_mono=time.monotonic(), model=self.spec.model,
+                           version=self.version, error=self.server_error, gpu=self._gpu, gen_rates=self._gen_rates,
+                           ttft_mean=server_ttft(self.series, self.window, self._clocks, now))
 
     def refresh_rows(self) -> None:
         """The segment table and the knee change slowly: recomputed at 1 Hz and on demand."""
@@ -351,8 +281,9 @@ class EngineSession:
         self.window.evict(now)
         w = self.window
         status = self.status
-        if status is EngineStatus.RUNNING and self.engine.paused:
+        if status is EngineStatus.RUNNING and (self.engine.paused or self.paused_why):
             status = EngineStatus.PAUSED
+        h = self.health
         return Snapshot(
             t=now - self._t0, status=status, target_concurrency=self.engine.target,
             in_flight=self.engine.in_flight, segment=self.engine.segment, window_s=self.cfg.window_s,
@@ -361,36 +292,23 @@ class EngineSession:
             ttft=latency_view(w.ttft_values(), TTFT_EDGES), itl=w.itl_view(ITL_EDGES),
             e2el=latency_view(w.e2el_values(), E2EL_EDGES),
             failures=tuple(sorted(self.failures.items(), key=lambda kv: -kv[1])),
-            last_error=self.last_error, client_cpu_pct=self._cpu_pct, loop_lag_ms=self._lag_max,
-            client_limited=bool(why := client_limit_why(self._cpu_pct, self._lag_max)), client_limited_why=why,
-            server=self._server_view(), segments=rows, records_path=str(self.log.path),
+            last_error=self.last_error, client_cpu_pct=h.cpu_pct, loop_lag_ms=h.lag_max,
+            client_limited=bool(why := client_limit_why(h.cpu_pct, h.lag_max)), client_limited_why=why,
+            server=self._server_view(now), segments=rows, records_path=str(self.log.path),
             simulated=self.cfg.simulated, message=self.message, saved=self.saved, knee=knee, ack=self.ack,
             curve=self.curve, verdict=self.knee_result,
             auto=self.auto_state if self.auto is not None and self.auto.running else "",  # "" = no ladder runs
+            paused_why=self.paused_why, save_error=self.save_error,
         )
 
     # ------------------------------------------------------------ background tasks
 
-    async def _lag_monitor(self) -> None:
-        """Event-loop lag: how late a 50 ms sleep wakes up. Past a few ms, client-side ITL is suspect."""
-        window: list[float] = []
-        while True:
-            t = time.perf_counter()
-            await asyncio.sleep(LAG_PERIOD)
-            lag = max(0.0, time.perf_counter() - t - LAG_PERIOD) * 1000
-            window.append(lag)
-            if len(window) > int(1 / LAG_PERIOD):
-                window.pop(0)
-            self._lag_ms = lag
-            self._lag_max = max(window)
-
     async def _per_second(self) -> None:
-        last_wall, last_cpu = time.perf_counter(), time.process_time()
+        self.health.mark()
         while True:
             await asyncio.sleep(1.0)
-            wall, cpu = time.perf_counter(), time.process_time()
-            self._cpu_pct = 100.0 * (cpu - last_cpu) / max(1e-9, wall - last_wall)
-            last_wall, last_cpu = wall, cpu
+            self.health.sample_cpu()
+            wall = time.perf_counter()
             self.window.evict(wall)
             self.tok_hist.append(self.window.out_tok_s(wall))
             del self.tok_hist[:-HISTORY]
@@ -405,7 +323,7 @@ class EngineSession:
         self.server_error = msg
 
     async def run(self) -> None:
-        loop_tasks = [asyncio.create_task(self._lag_monitor()), asyncio.create_task(self._per_second())]
+        loop_tasks = [asyncio.create_task(self.health.lag_monitor()), asyncio.create_task(self._per_second())]
         tls = {"ca_cert": self.spec.ca_cert, "insecure": self.spec.insecure}
         poller = MetricsPoller(self.spec.url, self.spec.api_key, 1.0, self._on_sample, self._on_error, **tls)
         loop_tasks.append(asyncio.create_task(poller.run()))
@@ -424,6 +342,7 @@ class EngineSession:
         tick = 0
         try:
             while not self._stop.is_set():
+                self.check_self_pause()
                 if tick % max(1, int(self.cfg.hz)) == 0:
                     self.refresh_rows()
                 self.emit(self.snapshot())
@@ -440,11 +359,12 @@ class EngineSession:
             if self.status is not EngineStatus.ERROR:
                 self.status = EngineStatus.STOPPED
             poller.stop()
-            self._close_segment(time.perf_counter())
+            self.close_segment(time.perf_counter())
             await self.engine.stop()
             for t in loop_tasks:
                 t.cancel()
             await asyncio.gather(*loop_tasks, return_exceptions=True)
+            self._final_save()
             self.log.close()
             try:
                 self.refresh_rows()

@@ -234,3 +234,8 @@ class Snapshot:
     verdict: Knee | None = None  # the full verdict behind `knee`: cause, recommendations (None until two levels)
     auto: str = ""  # the ladder's progress in words ("" when no ladder runs)
     client_limited_why: str = ""  # why client_limited is set ("CPU 97% of a core", "event-loop lag 31 ms")
+    # why the engine paused the load by itself ("" when it did not): the error budget tripped ("error budget: 40
+    # failures in a row and no success: HTTP 404: ...") or the records file cannot be written ("results disk full:
+    # ..."). Resume clears a tripped budget; a full disk stays until the session ends.
+    paused_why: str = ""
+    save_error: str = ""  # the latest save's failure ("save failed: ..."), "" once a save worked

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from qbench_tui.engine.histogram import LogHistogram
 from qbench_tui.engine.records import RequestRecord
-from qbench_tui.engine.result import ClientLevel, Latency, LevelResult
+from qbench_tui.engine.result import ClientLevel, Dist, Latency, LevelResult
 from qbench_tui.engine.snapshot import LatencyView
 
 
@@ -78,6 +78,13 @@ class Samples:
     def __len__(self) -> int:
         return len(self.values) + (self.hist.count if self.hist is not None else 0)
 
+    def dist(self, top: float | None) -> Dist | None:
+        """The same percentiles for a non-latency (lengths, lag); `top`: the largest value, kept by the caller."""
+        if not len(self):
+            return None
+        lat = self.latency()
+        return Dist(lat.mean_s, lat.p50_s, lat.p90_s, lat.p99_s, top)
+
     def latency(self) -> Latency:
         if self.hist is not None:
             self.fold()
@@ -98,7 +105,7 @@ class LevelTally:
     `failed` and `failures` only."""
 
     __slots__ = ("completed", "failed", "in_tokens", "out_tokens", "estimated", "failures", "ttft", "tpot", "e2el",
-                 "itl", "first_start", "last_end")
+                 "itl", "first_start", "last_end", "in_lens", "out_lens", "lag", "tops")
 
     def __init__(self, exact_limit: int | None = None, itl_exact: bool = True) -> None:
         self.completed = self.failed = self.in_tokens = self.out_tokens = self.estimated = 0
@@ -108,10 +115,16 @@ class LevelTally:
         self.itl = Samples(None if itl_exact else 0)
         self.first_start: float | None = None
         self.last_end: float | None = None
+        self.in_lens, self.out_lens, self.lag = Samples(exact_limit), Samples(exact_limit), Samples(exact_limit)
+        self.tops = [0.0, 0.0, 0.0]  # the largest input length, output length and schedule lag
 
     def add(self, r: RequestRecord) -> None:
         if r.warmup:
             return
+        if r.scheduled is not None:  # open loop: a failed request was late too
+            lag = max(0.0, r.start - r.scheduled)
+            self.lag.add(lag)
+            self.tops[2] = max(self.tops[2], lag)
         self.first_start = r.start if self.first_start is None else min(self.first_start, r.start)
         self.last_end = r.end if self.last_end is None else max(self.last_end, r.end)
         if not r.ok:
@@ -122,6 +135,11 @@ class LevelTally:
         self.in_tokens += r.in_tokens
         self.out_tokens += r.out_tokens
         self.estimated += r.tokens_estimated
+        if r.in_tokens:
+            self.in_lens.add(r.in_tokens)
+            self.tops[0] = max(self.tops[0], r.in_tokens)
+        self.out_lens.add(r.out_tokens)
+        self.tops[1] = max(self.tops[1], r.out_tokens)
         if r.ttft is not None:
             self.ttft.add(r.ttft)
         if (tp := r.tpot) is not None:
@@ -167,7 +185,9 @@ def level_result(tally: LevelTally, duration_s: float, max_concurrency: int | No
         request_throughput=rate(done.requests), output_throughput=rate(done.out_tokens),
         total_token_throughput=rate(done.in_tokens + done.out_tokens), max_concurrency=max_concurrency,
         ttft=tally.ttft.latency(), tpot=tally.tpot.latency(), itl=tally.itl.latency(), e2el=tally.e2el.latency(),
-        failures=dict(tally.failures.most_common()), tokens_estimated=tally.estimated, **context,
+        failures=dict(tally.failures.most_common()), tokens_estimated=tally.estimated,
+        input_lens=tally.in_lens.dist(tally.tops[0]), output_lens=tally.out_lens.dist(tally.tops[1]),
+        schedule_lag=tally.lag.dist(tally.tops[2]), **context,
     )
 
 

@@ -27,6 +27,9 @@ def bench_block(lv: LevelResult, *, model: str = "", url: str = "", version: str
         out.append(_row("Model:", model))
     if version:
         out.append(_row("vLLM version:", version))
+    if lv.request_rate is not None:
+        out.append(_row("Request rate configured (RPS):", lv.request_rate))
+        out.append(_row("Burstiness (1 = Poisson):", lv.burstiness))
     out += [
         _row("Successful requests:", lv.completed),
         _row("Failed requests:", lv.failed),
@@ -48,6 +51,19 @@ def bench_block(lv: LevelResult, *, model: str = "", url: str = "", version: str
         out.append(_row(f"Median {name} (ms):", _ms(d.p50_s)))
         out.append(_row(f"P90 {name} (ms):", _ms(d.p90_s)))
         out.append(_row(f"P99 {name} (ms):", _ms(d.p99_s)))
+    if lv.input_lens is not None or lv.output_lens is not None:
+        out.append("{s:{c}^{n}}".format(s="Lengths (server's usage)", n=50, c="-"))
+        for name, d in (("input", lv.input_lens), ("output", lv.output_lens)):
+            if d is not None:
+                out.append(_row(f"Mean / P99 / max {name} tokens:", f"{d.mean:.1f} / {d.p99:.0f} / {d.max:.0f}"))
+    if (lag := lv.schedule_lag) is not None:
+        out.append("{s:{c}^{n}}".format(s="Schedule lag (sent - due)", n=50, c="-"))
+        out.append(_row("Median lag (ms):", _ms(lag.p50)))
+        out.append(_row("P99 lag (ms):", _ms(lag.p99)))
+        out.append(_row("Max lag (ms):", _ms(lag.max)))
+        if lv.behind_schedule:
+            out.append("BEHIND SCHEDULE: requests went out late (the --max-concurrency cap was full, or the "
+                       "client could not keep the rate): latencies are of the load that was sent")
     srv = lv.server
     if srv:
         out.append("{s:{c}^{n}}".format(s="Server (from /metrics)", n=50, c="-"))

@@ -1,7 +1,8 @@
 """Results files: the classic .txt table, the .json (vllm bench serve keys per level) and their names.
 
 Every file is written atomically (temp file + rename) so an interrupted sweep leaves valid files holding the
-levels that finished; the sweep rewrites them after each level.
+levels that finished; the sweep rewrites them after each level. A write that fails leaves the previous file as it
+was. Every results file gets one mode: 0o666 minus the umask, as any file the user's tools create.
 """
 from __future__ import annotations
 
@@ -21,10 +22,66 @@ SCHEMA_VERSION = 1
 TABLE_HEADER = ("Concurrency", "Total Time (s)", "Avg Latency (s)", "Requests/sec", "Tokens/sec")
 
 
-def result_basename(model: str, when: float | None = None) -> str:
-    stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(when if when is not None else time.time()))
+# Why 50 MB: a request's JSONL line is ~0.4 kB at 16 output tokens and ~2 kB at the default 200 (its inter-token
+# latencies are most of it), so 50 MB holds some 25k default-sized requests, a 10-minute level at 40 requests/s;
+# the summaries are tens of kB. With less, an ordinary sweep would likely fill the disk. A floor for sanity, not a
+# forecast: a disk that fills anyway stops the run cleanly (engine/recordlog.RecordLog.error).
+MIN_FREE_BYTES = 50_000_000
+
+
+def result_basename(model: str, when: float | None = None, subsecond: bool = False) -> str:
+    """`benchmark_<model>_<YYYYmmdd_HHMMSS>`, with `_<milliseconds>` when `subsecond` (a run's unique name:
+    engine/recordlog.open_run_log)."""
+    when = when if when is not None else time.time()
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(when))
+    if subsecond:
+        stamp += f"_{int(when * 1000) % 1000:03d}"
     safe = (model or "unknown").replace("/", "_").replace(" ", "_")
     return f"benchmark_{safe}_{stamp}"
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask() would change it for every thread for a moment)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def file_mode() -> int:
+    """The mode a results file gets: what open() gives any new file (mkstemp's 0600 would differ from the .jsonl)."""
+    return 0o666 & ~_umask()
+
+
+def check_results_dir(out_dir: str | Path) -> str | None:
+    """None when the results folder exists (it is created if need be), takes a file and has MIN_FREE_BYTES free;
+    else the problem, in one line."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"results folder {out}: cannot create it: {e.strerror or e}"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".qbench-write-check-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"results folder {out} is not writable: {e.strerror or e} (give --out DIR)"
+    try:
+        st = os.statvfs(out)
+    except OSError:  # no statvfs here: the write check above is what can be said
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free < MIN_FREE_BYTES:
+        return (f"results folder {out}: only {free / 1e6:.1f} MB free on its disk, qbench wants at least "
+                f"{MIN_FREE_BYTES / 1e6:.0f} MB (free some space or give --out DIR elsewhere)")
+    return None
 
 
 def atomic_write(path: str | Path, text: str) -> None:
@@ -33,6 +90,7 @@ def atomic_write(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), file_mode())
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -69,6 +127,11 @@ class RunMeta:
     # origins only, never a value, so the API key's stays out of every file
     config_sources: dict[str, str] = field(default_factory=dict)
     ladder: str = ""  # --auto: how the levels were chosen ("auto ladder from 1, x2 up to 1024, ..."); "" = given
+    # where it ran: client host, Python/qbench versions, GPUs/driver via NVML when the server is on this machine
+    # (report/environment.collect_environment); {} = not collected. Read back by `qbench report`.
+    environment: dict[str, Any] = field(default_factory=dict)
+    # a dashboard session's control events ({"t_s", "event", ...}: engine/replay.py), for `qbench replay`
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _f(v: Any, nd: int = 2) -> str:
@@ -141,6 +204,9 @@ def render_txt(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = Non
         lines.append(f"Concurrency {lv.max_concurrency}: {lv.completed} ok, {lv.failed} failed"
                      + (f"  [server: {lv.server_config}]" if lv.server_config and
                         len({x.server_config for x in levels}) > 1 else ""))
+        if lv.interrupted:
+            lines.append("  INTERRUPTED: summarised from the requests that finished before the stop, first start "
+                         "to last end (not a settled measurement; left out of the verdict)")
         for title, d in (("TTFT ms ", lv.ttft), ("ITL ms  ", lv.itl)):
             lines.append(f"  {title} mean {_fms(d.mean_s)}  p50 {_fms(d.p50_s)}  p90 {_fms(d.p90_s)}"
                          f"  p99 {_fms(d.p99_s)}")
@@ -192,7 +258,10 @@ def render_json(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = No
         "saturation": None if knee is None else knee.to_json(),
         "notes": meta.notes,
         "config_sources": dict(meta.config_sources),
+        "environment": dict(meta.environment),
     }
+    if meta.timeline:
+        d["timeline"] = list(meta.timeline)
     return json.dumps(d, indent=2) + "\n"
 
 

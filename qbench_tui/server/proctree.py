@@ -4,9 +4,10 @@
   how to stop it (SIGINT to the leader, then SIGTERM and SIGKILL to the whole group: vLLM's EngineCore is a child
   of the API server).
 - A normal exit, Ctrl-C and a Python crash go through `stop()` / atexit (`stop_all`); SIGTERM and SIGHUP (a dropped
-  SSH session) through `install_signal_handlers()`; a SIGKILLed qbench through PR_SET_PDEATHSIG on the leader plus
-  a tiny watchdog process that kills the group when qbench's pid goes away (vLLM's EngineCore has no parent-death
-  watch of its own, so PDEATHSIG on the API server alone can orphan it).
+  SSH session) through `install_signal_handlers()` while no load runs (launch, discovery) and through `LoopSignals`
+  while one does (the command cancels the load, saves, then stops the server); a SIGKILLed qbench through
+  PR_SET_PDEATHSIG on the leader plus a tiny watchdog process that kills the group when qbench's pid goes away
+  (vLLM's EngineCore has no parent-death watch of its own, so PDEATHSIG on the API server alone can orphan it).
 - PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, so children are always forked from the
   main thread or from one long-lived spawner thread, never from a short-lived worker thread.
 """
@@ -320,3 +321,62 @@ def uninstall_signal_handlers() -> None:
     for sig, prev in list(_HANDLERS_INSTALLED.items()):
         signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
         del _HANDLERS_INSTALLED[sig]
+
+
+STOP_SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None)
+
+
+def exit_status(signum: int) -> int:
+    """The shell's convention for a process ended by a signal: 130 for SIGINT, 143 SIGTERM, 129 SIGHUP."""
+    return 128 + int(signum)
+
+
+class LoopSignals:
+    """While an asyncio loop runs, SIGINT / SIGTERM / SIGHUP call `on_signal(signum)` on that loop; nothing is
+    raised anywhere. A handler that raises inside a network callback can be swallowed by the transport (the run went
+    on and exited 0), so the caller decides what stopping means (cancel the load, save, exit 128+signum).
+
+    A signal that was ignored when installed (SIGHUP under nohup) stays ignored. On uninstall the Python-level
+    handlers that were there before come back (asyncio alone would leave SIG_DFL). Main thread only."""
+
+    def __init__(self, on_signal: Callable[[int], None], signals: tuple[int, ...] = STOP_SIGNALS) -> None:
+        self.on_signal = on_signal
+        self.signals = signals
+        self.received: int | None = None  # the first signal seen
+        self._loop: Any = None
+        self._prev: dict[int, Any] = {}
+
+    def _fire(self, signum: int) -> None:
+        if self.received is None:
+            self.received = signum
+        self.on_signal(signum)
+
+    def install(self, loop: Any = None) -> bool:
+        import asyncio
+
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        self._loop = loop or asyncio.get_running_loop()
+        for sig in self.signals:
+            prev = signal.getsignal(sig)
+            if prev == signal.SIG_IGN:
+                continue
+            self._prev[sig] = prev
+            self._loop.add_signal_handler(sig, self._fire, int(sig))
+        return True
+
+    def uninstall(self) -> None:
+        for sig, prev in list(self._prev.items()):
+            try:
+                self._loop.remove_signal_handler(sig)
+            except (RuntimeError, ValueError):  # the loop is already closed
+                pass
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+            del self._prev[sig]
+
+    def __enter__(self) -> LoopSignals:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.uninstall()

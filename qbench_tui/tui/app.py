@@ -6,6 +6,7 @@ plotext build costs tens of milliseconds (see ARCHITECTURE.md, "Drawing budget")
 
 Target and paused belong to the engine; the app shows its own intent only until the engine acknowledges it
 (tui/control.py). What the dashboard shows of that state is bound into it (data_bind): screens never read the App.
+Starting (after waiting for the server) and ending (q, ctrl+c, signals, the exit status) are tui/lifecycle.py's.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.reactive import var
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
 from qbench_tui.engine.snapshot import (
     AutoLadder,
@@ -37,7 +38,8 @@ from qbench_tui.engine.snapshot import (
 )
 from qbench_tui.server.handle import ServerHandle, ServerState
 from qbench_tui.tui.control import LiveControl
-from qbench_tui.tui.link import EngineLink, close_quietly, drain, open_engine, save_and_close
+from qbench_tui.tui.lifecycle import Lifecycle, WaitServer
+from qbench_tui.tui.link import EngineLink, drain
 from qbench_tui.tui.palette import dashboard_commands
 from qbench_tui.tui.restart import RestartFlow
 from qbench_tui.tui.screens.concurrency_input import ConcurrencyInput
@@ -46,11 +48,11 @@ from qbench_tui.tui.screens.help import HelpScreen
 from qbench_tui.tui.screens.restart_server import RestartServer
 from qbench_tui.tui.screens.startup import StartupScreen
 
-ENGINE_WORKER = "engine-start"
 RESTART_WORKER = "server-restart"
+LOG_LINES = 200  # more than any log panel is tall: the panel keeps the newest that fit (widgets/panels.LogPanel)
 
 
-class QBenchApp(App):
+class QBenchApp(Lifecycle, App):
     CSS_PATH = "app.tcss"
     BINDINGS = [
         # ctrl+c must tear everything down, not just print Textual's "press ctrl+q" hint
@@ -58,7 +60,6 @@ class QBenchApp(App):
     ]
     POLL_PERIOD = 0.25  # numbers at 4 Hz
     LOG_EVERY = 4  # log tail every 4th poll: once a second
-    SAVE_WAIT = 3.0  # on quit, how long to wait for the engine to report the saved paths
 
     # what the dashboard shows of the live control state (bound into it; see DashboardScreen)
     target: var[int] = var(0)
@@ -66,6 +67,8 @@ class QBenchApp(App):
     auto: var[bool] = var(False)
     simulated: var[bool] = var(False)
     engine_up: var[bool] = var(False)
+    waiting: var[str] = var("")  # "waiting for URL: connection refused, retry 3 in 2 s" while the server is not up
+    engine_failed: var[str] = var("")  # why there is no engine and will be none (shown until quit)
 
     def __init__(
         self,
@@ -79,8 +82,11 @@ class QBenchApp(App):
         start_paused: bool = False,
         poll_period: float = POLL_PERIOD,
         auto_ladder: AutoLadder | None = None,
+        wait_server: WaitServer | None = None,
     ) -> None:
+        """wait_server: for a server given by URL, which may not be up yet (tui/lifecycle.py)."""
         super().__init__()
+        self._init_lifecycle(wait_server)
         self._engine_factory = engine_factory
         self.server = server
         self.base_title = title
@@ -109,8 +115,10 @@ class QBenchApp(App):
 
     # ------------------------------------------------------------------ lifecycle
     async def on_mount(self) -> None:
+        self._install_signals()
         self.dashboard = DashboardScreen(show_log=self.server is not None).data_bind(
-            QBenchApp.target, QBenchApp.paused, QBenchApp.auto, QBenchApp.simulated, QBenchApp.engine_up)
+            QBenchApp.target, QBenchApp.paused, QBenchApp.auto, QBenchApp.simulated, QBenchApp.engine_up,
+            QBenchApp.waiting, QBenchApp.engine_failed)
         # wait for the dashboard's widgets: a snapshot applied before its on_mount would be painted over
         await self.push_screen(self.dashboard)
         self._update_title()
@@ -133,37 +141,9 @@ class QBenchApp(App):
     def _show_control(self) -> None:
         self.target, self.paused, self.auto = self.control.target, self.control.paused, self.control.auto
 
-    def _start_engine(self) -> None:
-        # the factory may spawn a process: keep it off the event loop
-        self.run_worker(self._create_engine(), name=ENGINE_WORKER, exit_on_error=False, exclusive=True)
-
-    async def _create_engine(self) -> None:
-        engine = await asyncio.to_thread(open_engine, self._engine_factory, lambda: self.closed)
-        if engine is None:
-            return
-        if self.closed:  # closed between the thread's check and now
-            await asyncio.to_thread(engine.close)
-            return
-        self.engine = engine
-        self.engine_up = True
-        label = self.server.config_label if self.server is not None else ""
-        if label:
-            self._send(ServerConfigChanged(label))
-        self._send(SetConcurrency(self.control.target))
-        if self.start_paused:
-            self._send(Pause())
-
     @on(Worker.StateChanged)
-    def _worker_state(self, event: Worker.StateChanged) -> None:
-        """All worker failures land here (STYLE §2.13)."""
-        worker = event.worker
-        if worker.state != WorkerState.ERROR:
-            return
-        if worker.name == ENGINE_WORKER:
-            self.engine_error = f"engine failed to start: {worker.error}"
-        else:
-            self.engine_error = f"{worker.name} failed: {worker.error}"
-        self.notify(self.engine_error, severity="error", timeout=30)
+    def _route_worker_state(self, event: Worker.StateChanged) -> None:
+        self._worker_state(event)
 
     def _tick(self) -> None:
         self._ticks += 1
@@ -185,7 +165,7 @@ class QBenchApp(App):
                 if latest is not None:
                     self._apply(latest, now)
                 if log_due and self.server is not None:
-                    dash.show_log_lines(self.server.log_tail(30), self.server.state)
+                    dash.show_log_lines(self.server.log_tail(LOG_LINES), self.server.state)
         except NoMatches:
             # only while the app tears down: the screen is still attached but its panels are already gone
             if not self._exiting():
@@ -215,6 +195,7 @@ class QBenchApp(App):
         state = server.state
         if state != self._server_state and state in (ServerState.FAILED, ServerState.STOPPED) and not self.closed:
             rc = server.returncode
+            self._note_server_end()
             if self.engine is not None and self._server_state == ServerState.READY:
                 # died under load: stop sending into the void and keep what was measured so far
                 self._stop_ladder_for("the server died")
@@ -388,45 +369,18 @@ class QBenchApp(App):
             self.dashboard.action_cycle_latency()
 
     async def action_quit(self) -> None:
-        await self.shutdown()
-        self.exit()
+        await self.quit_session()
 
     async def action_cancel_startup(self) -> None:
-        await self.shutdown()
-        self.exit(return_code=1 if self.server is not None and self.server.state == "failed" else 0)
+        await self.quit_session()  # a server that failed to start makes it exit 1 (tui/outcome.py)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         if screen is self.dashboard:
             yield from dashboard_commands(self)
 
-    # ------------------------------------------------------------------ shutdown
-    async def shutdown(self) -> None:
-        """Save, stop the load, close the engine, stop the server. Idempotent; blocking calls run in threads."""
-        if self.closed:
-            return
-        self.closed = True
-        engine = self.engine
-        if engine is not None:
-            self.notify("saving results and stopping…", timeout=self.SAVE_WAIT)
-            last = await save_and_close(engine, self.out_dir, self.saved_paths, self.SAVE_WAIT, self.log.error)
-            if last is not None:
-                self.snapshot = last
-                self.saved_paths = last.saved or self.saved_paths
-        if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
-
-    def close_all(self) -> None:
-        """Blocking fallback for callers (and unmount): close the engine and stop the server if still open."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.engine is not None:
-            close_quietly(self.engine)
-        if self.server is not None:
-            self.server.stop()
-
     def on_unmount(self) -> None:
-        # exits that bypass action_quit (an exception, App.exit from elsewhere) must not orphan the engine/server
+        # exits that bypass quit_session (an exception, a panic when the terminal vanished, App.exit from elsewhere)
+        # must not orphan the engine or the server
         self.close_all()
-
+        self._uninstall_signals()

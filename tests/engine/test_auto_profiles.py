@@ -64,9 +64,11 @@ def expected_knee(p: Profile, prompt: int) -> int:
     return find_knee(levels).knee_concurrency
 
 
-def chat_tokens(p: Profile, text: str) -> int:
-    """The simulator's own count for a one-message chat (its template and system prompt included)."""
-    return -(-len(render_chat([{"role": "user", "content": text}], p.default_system_prompt)) // p.chars_per_token)
+def chat_tokens(p: Profile, prompt) -> int:
+    """The simulator's own count for a chat (its template and system prompt included); a plain prompt is one user
+    message, a unique prefix comes as its own system message first."""
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return -(-len(render_chat(msgs, p.default_system_prompt)) // p.chars_per_token)
 
 
 async def ladder(url: str, prompts) -> list[LevelResult]:

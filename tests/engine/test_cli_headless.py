@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -35,10 +33,10 @@ def test_probe_unreachable_exits_1():
     assert r.returncode == 1 and "127.0.0.1:9" in r.stderr
 
 
-def test_run_json_keys_and_server_delta(sim_proc):
+def test_run_json_keys_and_server_delta(sim_proc, tmp_path):
     sim = sim_proc()
     r = run_qbench("run", "--url", sim.url, "-c", "4", "--requests", "12", "--max-tokens", "20", "--ignore-eos",
-                   "--json")
+                   "--json", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert RUN_KEYS <= set(d)
@@ -64,19 +62,21 @@ def test_run_prompts_file_with_per_line_output_tokens(sim_proc, tmp_path):
     f.write_text("".join(json.dumps(x) + "\n" for x in lines))
     sim = sim_proc()
     r = run_qbench("run", "--url", sim.url, "-c", "2", "--requests", "8", "--prompts", str(f), "--max-tokens", "3",
-                   "--ignore-eos", "--json")
+                   "--ignore-eos", "--json", "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["completed"] == 8  # 8 consecutive requests: each line twice
     assert d["total_output_tokens"] == 2 * (5 + 17 + 9 + 3)
 
 
-def test_run_prints_bench_block(sim_proc):
+def test_run_prints_bench_block(sim_proc, tmp_path):
     sim = sim_proc()
-    r = run_qbench("run", "--url", sim.url, "-c", "2", "--requests", "4", "--max-tokens", "8")
+    r = run_qbench("run", "--url", sim.url, "-c", "2", "--requests", "4", "--max-tokens", "8", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "Serving Benchmark Result" in r.stdout and "Successful requests:" in r.stdout
     assert "Median TTFT (ms):" in r.stdout
+    (js,) = tmp_path.glob("benchmark_*.json")  # and saved, as sweep saves
+    assert f"saved: {js.with_suffix('.txt')}" in r.stdout
 
 
 def test_sweep_table_files_and_no_secret(sim_proc, tmp_path):
@@ -125,10 +125,11 @@ def test_usage_errors_exit_2(tmp_path):
 
 
 def test_interrupted_sweep_keeps_finished_levels(sim_proc, tmp_path):
+    from tests.engine.test_signals_headless import start_qbench
+
     sim = sim_proc()
-    proc = subprocess.Popen([sys.executable, "-m", "qbench_tui.cli", "sweep", "--url", sim.url, "--levels",
-                             "1,2,64", "--max-tokens", "2000", "--ignore-eos", "--out", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_qbench("sweep", "--url", sim.url, "--levels", "1,2,64", "--max-tokens", "2000", "--ignore-eos",
+                        "--out", str(tmp_path))
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -143,9 +144,10 @@ def test_interrupted_sweep_keeps_finished_levels(sim_proc, tmp_path):
     finally:
         proc.kill()
     d = json.loads(js[0].read_text())
-    assert 1 <= len(d["levels"]) < 3
-    assert any("interrupted" in n for n in d["notes"])
-    assert proc.returncode != 0
+    finished = [lv for lv in d["levels"] if not lv["interrupted"]]
+    assert 1 <= len(finished) < 3 and d["levels"][0]["max_concurrency"] == 1
+    assert any(n.startswith("interrupted by SIGINT") for n in d["notes"])
+    assert proc.returncode == 130
 
 
 def test_every_request_failed_exits_1(sim_proc, tmp_path):
@@ -160,7 +162,7 @@ def test_every_request_failed_exits_1(sim_proc, tmp_path):
 def test_max_error_rate_exits_3(sim_proc, tmp_path):
     sim = sim_proc("h200-fast", "--error-rate", "0.5", "--seed", "3")
     r = run_qbench("run", "--url", sim.url, "-c", "4", "--requests", "40", "--max-tokens", "4",
-                   "--max-error-rate", "0.05", "--json")
+                   "--max-error-rate", "0.05", "--json", "--out", str(tmp_path))
     assert r.returncode == 3, r.stderr
     d = json.loads(r.stdout)
     assert d["failed"] > 0 and d["completed"] > 0

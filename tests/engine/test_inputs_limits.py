@@ -7,6 +7,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 
 from tests.fakes.scripted_sse import ScriptedSSEServer
 
@@ -14,7 +15,7 @@ from tests.fakes.scripted_sse import ScriptedSSEServer
 def _qbench(*args: str, soft: int, hard: int) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("QBENCH_API_KEY", "OPENAI_API_KEY")}
     return subprocess.run([sys.executable, "-m", "qbench_tui.cli", *args], capture_output=True, text=True,
-                          timeout=180, env=env,
+                          timeout=180, env=env, cwd=tempfile.mkdtemp(prefix="qbench-test-"),
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
 
 

@@ -11,11 +11,11 @@ from tests.conftest import run_qbench
 from tests.levels_files import check_recomputed, little, read_records
 
 
-def test_steady_level_obeys_littles_law_at_c128(sim_proc):
+def test_steady_level_obeys_littles_law_at_c128(sim_proc, tmp_path):
     # the seed-shaped profile at C=128 (answers ~5.8 s long, longer than any warm-up people give), qbench's
     # default steady settings; the simulator runs its model 3x faster so the level takes seconds, not a minute
     sim = sim_proc("qwen2.5-14b-awq-32gb", "--speed", "3")
-    r = run_qbench("run", "--url", sim.url, "-c", "128", "--duration", "6", "--json")
+    r = run_qbench("run", "--url", sim.url, "-c", "128", "--duration", "6", "--json", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     lv = json.loads(r.stdout)
     assert lv["window"]["steady"] and lv["window"]["duration"] == pytest.approx(lv["duration"])

@@ -215,7 +215,8 @@ async def test_failures_recorded_not_raised():
     b = eng.last_bounds
     assert all(r.error == "HTTP 503: down" for r in recs)
     # nothing succeeds, so there is nothing to settle: measured at once, marked not steady
-    assert b is not None and not b.steady and b.start == b.t_start
+    # (its edge is the first send's stamp, so the count of --requests is exact)
+    assert b is not None and not b.steady and b.t_start <= b.start <= min(r.start for r in recs)
     assert len([r for r in recs if b.counts(r)]) == 4
 
 
@@ -245,7 +246,8 @@ async def test_dead_server_fails_without_busy_loop():
     finally:
         await eng.stop()
     assert all(not r.ok and r.error.startswith("connect error") for r in records)
-    # fast failures back off 0.1 s each: ~2 workers x 0.3 s / 0.1 s, not thousands (a slower machine only lowers it)
+    # refused connections back off (engine/backoff.py): a handful per worker, not thousands (a slower machine only
+    # lowers it); 2 workers stay under the automatic budget of 20 in a row over this short run
     assert len(records) < 100
 
 
@@ -255,3 +257,140 @@ def test_engine_does_not_import_textual():
             "assert 'textual' not in sys.modules, 'textual imported'")
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=root)
+
+
+# ------------------------------------------------------------ backoff and the error budget, on the real simulator
+
+NO_BUDGET = 10**9  # max_consecutive_failures that never trips: the backoff alone is under test
+
+
+def _sim_engine(sim, records, model=None, **kw):
+    spec = RequestSpec(url=sim.url, model=model or "m", max_tokens=8, **kw)
+    return LoadEngine(spec, lambda i: f"prompt {i}", on_record=records.append)
+
+
+def _backoff_send_bound(workers: int, elapsed: float) -> int:
+    """Sends `workers` backing-off workers can make in `elapsed` s: a worker's k-th send follows k-1 waits
+    uniform on [0, ceiling(n)], whose means are half the ceilings; allowing each worker every send whose mean
+    waits fit in twice the time covers the jitter (1e5 simulated runs of 20 workers x 4 s never exceeded it)."""
+    from qbench_tui.engine.backoff import jitter_ceiling
+
+    sends, mean_wait, n = 1, 0.0, 0
+    while mean_wait + jitter_ceiling(n) / 2 <= 2 * elapsed:
+        mean_wait += jitter_ceiling(n) / 2
+        sends, n = sends + 1, n + 1
+    return workers * sends
+
+
+async def test_instant_500s_back_off(sim_proc):
+    sim = sim_proc("h200-fast", "--error-rate", "1.0", "--model", "m")
+    records = []
+    eng = _sim_engine(sim, records, max_consecutive_failures=NO_BUDGET)
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    try:
+        await eng.start(20)
+        await asyncio.sleep(3.0)
+    finally:
+        await eng.stop()
+    elapsed = loop.time() - t
+    assert records and all(r.status == 500 for r in records)
+    assert len({r.worker for r in records}) == 20
+    bound = _backoff_send_bound(20, elapsed)
+    # without the backoff these were thousands a second (the issue: ~7,200/s at C=20)
+    assert bound < 400 and len(records) <= bound, (len(records), bound)
+    assert eng.tripped is None
+
+
+async def test_retry_after_is_honoured(sim_proc):
+    sim = sim_proc("h200-fast", "--rate-limit-rate", "1.0", "--retry-after", "1", "--model", "m")
+    records = []
+    eng = _sim_engine(sim, records, max_consecutive_failures=NO_BUDGET)
+    try:
+        await eng.start(3)
+        await wait_for(lambda: len(records) >= 9)  # three sends per worker: two waits each
+    finally:
+        await eng.stop()
+    assert all(r.status == 429 and r.retry_after == 1.0 for r in records)
+    by_worker: dict[int, list] = {}
+    for r in records:
+        by_worker.setdefault(r.worker, []).append(r)
+    gaps = [b.start - a.end for rs in by_worker.values() for a, b in zip(rs, rs[1:])]
+    assert len(gaps) >= 6
+    assert min(gaps) >= 0.999  # (clock granularity) each worker waited at least what the server asked between its sends
+
+
+async def test_a_long_wait_ends_when_the_worker_must_stop(sim_proc):
+    sim = sim_proc("h200-fast", "--rate-limit-rate", "1.0", "--retry-after", "30", "--model", "m")
+    records = []
+    eng = _sim_engine(sim, records, max_consecutive_failures=NO_BUDGET)
+    try:
+        await eng.start(2)
+        await wait_for(lambda: len(records) == 2)  # both now wait >= 30 s
+        eng.set_concurrency(1)  # the lower target ends worker 1's wait: it exits long before 30 s
+        await wait_for(lambda: eng.workers == 1, timeout=10)
+        eng.pause()  # a pause ends the wait (nothing is to be sent) ...
+        await asyncio.sleep(0.1)  # (lets the worker wake: a few loop turns)
+        eng.resume()  # ... so, resumed, worker 0 sends at once
+        await wait_for(lambda: len(records) == 3, timeout=10)
+        assert records[-1].worker == 0
+        # a steady level whose every request is refused ends at its duration, not after the 30 s waits
+        recs = await asyncio.wait_for(eng.run_steady(2, duration=0.5), timeout=15)
+        assert recs and all(r.status == 429 for r in recs)
+    finally:
+        await eng.stop()
+
+
+async def test_wrong_model_trips_the_budget_and_pauses(sim_proc):
+    sim = sim_proc("h200-fast", "--model", "m")
+    records = []
+    eng = _sim_engine(sim, records, model="nope")
+    try:
+        await eng.start(20)
+        await wait_for(lambda: eng.tripped is not None)
+        msg = eng.tripped
+        assert msg.startswith("error budget: 40 failures in a row and no success")
+        assert "HTTP 404: The model `nope` does not exist." in msg
+        assert eng.paused
+        await wait_for(lambda: eng.in_flight == 0)
+        sent = len(records)
+        assert 40 <= sent <= 60  # the 40 that tripped it, plus at most the requests then in flight
+        await asyncio.sleep(1.0)
+        assert len(records) == sent  # paused: nothing more goes out
+        # a level asked for while tripped sends nothing
+        assert await eng.run_steady(4, duration=1.0) == [] and eng.last_bounds is None
+        eng.resume()
+        assert eng.tripped is None and not eng.paused
+        await wait_for(lambda: len(records) > sent)  # sending again, and the server still says no: trips again
+        await wait_for(lambda: eng.tripped is not None)
+        assert "does not exist" in eng.tripped
+    finally:
+        await eng.stop()
+
+
+async def test_a_tripped_steady_level_ends_early_with_its_records(sim_proc):
+    sim = sim_proc("h200-fast", "--model", "m")
+    records = []
+    eng = _sim_engine(sim, records, model="nope", max_consecutive_failures=30)
+    try:
+        recs = await asyncio.wait_for(eng.run_steady(10, duration=600.0), timeout=60)  # not the 600 s
+    finally:
+        await eng.stop()
+    assert eng.tripped and eng.tripped.startswith("error budget: 30 failures in a row")
+    assert len(recs) >= 30 and all(r.status == 404 for r in recs)
+    b = eng.last_bounds
+    assert b is not None and not b.steady  # measured from the start, as any level that never settled
+    assert all(b.counts(r) for r in recs)
+
+
+async def test_a_wave_trips_on_one_round():
+    with ScriptedSSEServer(default=Scenario(kind="http_error", status=502, error_body=b"bad gateway")) as srv:
+        eng = _engine(srv)
+        try:
+            recs = await eng.run_wave(25)
+            assert len(recs) == 25
+            assert eng.tripped and "25 failures in a row" in eng.tripped and "HTTP 502" in eng.tripped
+            assert await eng.run_wave(25) == []  # the next level does not run against it
+        finally:
+            await eng.stop()
+    assert srv.snapshot()["total"] == 25

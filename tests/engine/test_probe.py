@@ -26,6 +26,8 @@ vllm:gpu_prefix_cache_hit_rate{model_name="m"} 0.4
 MODELS = {"object": "list", "data": [{"id": "Qwen/Qwen2.5-14B-Instruct-AWQ", "object": "model",
                                       "owned_by": "vllm", "max_model_len": 4096}]}
 SECRET = "sk-sekret-123"
+LITELLM_401 = (b'{"error":{"message":"Authentication Error, No api key passed in.","type":"auth_error",'
+               b'"param":"None","code":"401"}}')
 
 
 class FakeServer:
@@ -33,7 +35,8 @@ class FakeServer:
     the most /metrics requests ever in flight at once."""
 
     def __init__(self, metrics: str | None = SYNTHETIC, version: bool = True, models: bool = True,
-                 metrics_delay: float = 0.0) -> None:
+                 metrics_delay: float = 0.0, want_key: str | None = None) -> None:
+        """want_key: every path answers 401 (LiteLLM's body) unless the request brings `Bearer want_key`."""
         self.routes: dict[str, tuple[int, bytes, str]] = {}
         self.set_metrics(metrics)
         if version:
@@ -66,6 +69,8 @@ class FakeServer:
                         time.sleep(outer.metrics_delay)
                     status, body, ctype = outer.routes.get(self.path, (404, b'{"detail":"Not Found"}',
                                                                        "application/json"))
+                    if want_key is not None and self.headers.get("Authorization") != f"Bearer {want_key}":
+                        status, body, ctype = 401, LITELLM_401, "application/json"
                     self.send_response(status)
                     self.send_header("Content-Type", ctype)
                     self.send_header("Content-Length", str(len(body)))
@@ -205,6 +210,36 @@ async def test_probe_unreachable_raises() -> None:
     assert "unreachable" in str(ei.value)
     assert url in str(ei.value)
     assert SECRET not in str(ei.value)
+
+
+def test_probe_cli_names_a_401_and_where_the_key_goes():
+    from tests.conftest import run_qbench
+
+    with FakeServer(want_key=SECRET) as srv:
+        for extra in ((), ("--json",)):
+            r = run_qbench("probe", "--url", srv.url, *extra)
+            assert r.returncode == 1 and r.stdout == ""
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1, r.stderr
+            assert "/v1/models answered HTTP 401" in lines[0] and "Authentication Error" in lines[0]
+            assert "--api-key KEY" in lines[0] and "QBENCH_API_KEY" in lines[0]
+        r = run_qbench("probe", "--url", srv.url, "--api-key", "sk-wrong")
+        assert r.returncode == 1 and "the API key was refused" in r.stderr and "sk-wrong" not in r.stderr
+        r = run_qbench("probe", "--url", srv.url, "--api-key", SECRET)
+        assert r.returncode == 0, r.stderr
+        assert "models        Qwen/Qwen2.5-14B-Instruct-AWQ" in r.stdout and "schema v1" in r.stdout
+        r = run_qbench("probe", "--url", srv.url, "--json", env={"QBENCH_API_KEY": SECRET})
+        assert r.returncode == 0 and tuple(json.loads(r.stdout)) == PROBE_KEYS
+        assert SECRET not in r.stdout + r.stderr
+
+
+def test_probe_cli_without_models_but_no_key_wanted_is_a_normal_probe():
+    from tests.conftest import run_qbench
+
+    with FakeServer(models=False) as srv:  # /v1/models 404: not every server lists models
+        r = run_qbench("probe", "--url", srv.url)
+    assert r.returncode == 0, r.stderr
+    assert "models        -" in r.stdout
 
 
 # ---------------------------------------------------------------- fetch_info

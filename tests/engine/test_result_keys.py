@@ -38,11 +38,16 @@ METHODOLOGY = {"prompt", "prompt_source", "max_tokens", "levels", "mode", "endpo
 SATURATION = {"saturated", "knee_concurrency", "peak_concurrency", "peak_output_throughput", "cause", "summary"}
 # --- added since (add-only)
 ADDED_LEVEL = {"client",  # the load engine's CPU % and event-loop lag over the level (the "client" cause)
-               "window"}  # where the level was measured: clocks, settle, steady, the rule (WINDOW below)
+               "window",  # where the level was measured: clocks, settle, steady, the rule (WINDOW below)
+               "interrupted",  # stopped before it ended (a signal, a full disk): summarised from what finished
+               "input_lens", "output_lens"}  # prompt / output tokens of the ok requests (mean, p50, p90, p99, max)
+# open-loop levels (--request-rate) add these three: the rate asked for, its burstiness, how late requests went out
+OPEN_LOOP = {"request_rate", "burstiness", "schedule_lag_ms"}
 WINDOW = {"start_perf", "end_perf", "started_until_perf", "ended_by_perf", "start_monotonic", "end_monotonic",
           "start_wall", "end_wall", "duration", "settle_s", "steady", "cv", "rule", "notes"}
 ADDED_SERVER = {"span_s"}  # first to last scrape inside the window: what a server rate divides by
-ADDED_TOP = {"config_sources"}  # where each non-default setting came from (never a value)
+ADDED_TOP = {"config_sources",  # where each non-default setting came from (never a value)
+             "environment"}  # client host, versions, GPUs/driver where known (report/environment.py)
 ADDED_LIVE_SERVER = (SERVER - LIVE_SERVER) | {"span_s"}  # one server summary for live and headless levels alike
 CLIENT = {"cpu_pct", "loop_lag_ms", "max_loop_lag_ms"}
 # the knee rule's share, the cause as a word, the two recommendations and goodput under an SLO
@@ -73,15 +78,16 @@ def sim(sim_proc):
     return sim_proc()
 
 
-def test_run_json_level_keys(sim):
-    r = run_qbench("run", "--url", sim.url, "-c", "2", "--requests", "4", "--max-tokens", "8", "--json")
+def test_run_json_level_keys(sim, tmp_path):
+    r = run_qbench("run", "--url", sim.url, "-c", "2", "--requests", "4", "--max-tokens", "8", "--json",
+                   "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     # a steady level counted by requests has a window too now, so "window_requests" as well (added)
     _check_level(d, HEADLESS_LEVEL | {"window_requests"})
     assert set(d["server"]) == SERVER | ADDED_SERVER
     r = run_qbench("run", "--url", sim.url, "-c", "2", "--mode", "steady", "--duration", "1", "--max-tokens", "8",
-                   "--json")
+                   "--json", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     _check_level(json.loads(r.stdout), HEADLESS_LEVEL | {"window_requests"})
 
@@ -118,7 +124,8 @@ def test_live_saved_keys(sim, tmp_path):
     finally:
         eng.close()
     d = json.loads(Path(s.saved[1]).read_text())
-    assert TOP <= set(d) and set(d) - TOP == ADDED_TOP
+    # a dashboard session also keeps its control timeline (qbench replay)
+    assert TOP <= set(d) and set(d) - TOP == ADDED_TOP | {"timeline"}
     assert d["config_sources"] == {"load.max_tokens": "cli", "api_key": "none"}
     assert set(d["saturation"]) == SATURATION | ADDED_SATURATION
     assert len(d["levels"]) == 1

@@ -227,3 +227,139 @@ def test_engine_dies_with_parent(tmp_path, server):
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError("engine process outlived its parent")
+
+
+# ---------------------------------------------------------------- however it ends, what was measured is kept
+
+
+def _saved_files(out: Path) -> tuple[dict, list[dict]]:
+    """The one run's results JSON and its records, each parsed (a cut line or a half-written JSON fails here)."""
+    (js,) = out.glob("benchmark_*.json")
+    (txt,) = out.glob("benchmark_*.txt")
+    (jl,) = out.glob("benchmark_*.requests.jsonl")
+    assert "Concurrency | Total Time (s)" in txt.read_text()
+    return json.loads(js.read_text()), read_records(jl)
+
+
+def test_a_stop_saves_without_being_asked(server, tmp_path):
+    spec = RequestSpec(url=server.url, model="m", max_tokens=5)
+    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), start_concurrency=2,
+                                      min_segment_s=MIN_SEGMENT_S))
+    try:
+        assert eng.wait_for(_has_level(2), 30) is not None
+    finally:
+        eng.close()  # Stop only, as the face's last resort sends: no Save command
+    last = eng.last
+    assert last is not None and last.status == "stopped" and len(last.saved) == 3
+    data, records = _saved_files(tmp_path)
+    assert [lv["max_concurrency"] for lv in data["levels"]] == [2]
+    assert len(records) >= last.completed_total and all(r["ok"] for r in records)
+
+
+def test_a_killed_face_leaves_the_results_saved(server, tmp_path):
+    """SIGKILL of the dashboard's process: the engine gets SIGTERM (PDEATHSIG), saves, and goes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import time\n"
+        "from qbench_tui.engine.process import EngineProcess\n"
+        "from qbench_tui.engine.records import RequestSpec\n"
+        "from qbench_tui.engine.session import SessionConfig\n"
+        f"e = EngineProcess(SessionConfig(spec=RequestSpec(url='{server.url}', model='m', max_tokens=5), prompt='x',"
+        f" out_dir=r'{tmp_path}', start_concurrency=3, min_segment_s={MIN_SEGMENT_S}))\n"
+        "s = e.wait_for(lambda s: s.completed_total >= 30 and any(r.concurrency == 3 for r in s.segments), 60)\n"
+        "print(e.pid, s is not None, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pid, ready = p.stdout.readline().split()
+    assert ready == "True"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(int(pid), signal.SIGKILL)
+        raise AssertionError("engine process outlived its parent")
+    data, records = _saved_files(tmp_path)
+    assert [lv["max_concurrency"] for lv in data["levels"]] == [3]
+    assert len(records) >= 30 and data["levels"][0]["completed"] <= len(records)
+
+
+# ---------------------------------------------------------------- the session pauses itself
+
+
+def _posts(server) -> int:
+    return sum(1 for r in server.requests if r["path"].endswith("completions"))
+
+
+def test_a_server_that_only_fails_trips_the_budget_and_the_session_pauses(tmp_path):
+    bad = Scenario(kind="http_error", status=404,
+                   error_body=b'{"object":"error","message":"The model `x` does not exist.","code":404}')
+    with ScriptedSSEServer(default=bad) as srv:
+        spec = RequestSpec(url=srv.url, model="x", max_tokens=5, max_consecutive_failures=5)
+        eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), start_concurrency=2))
+        try:
+            s = eng.wait_for(lambda s: bool(s.paused_why), 60)
+            assert s is not None and s.status == "paused"
+            assert s.paused_why.startswith("error budget: ") and "does not exist" in s.paused_why
+            assert s.message == f"load paused: {s.paused_why}"
+            eng.wait_for(lambda s: False, 0.5)  # in-flight ones end
+            sent = _posts(srv)
+            eng.wait_for(lambda s: False, 1.0)
+            assert _posts(srv) == sent  # paused: no more hammering
+            eng.send(Resume())  # the user's resume clears the trip and gives the server a fresh budget
+            assert eng.wait_for(lambda s: s.message == "resumed" or _posts(srv) > sent, 30) is not None
+            assert eng.wait_for(lambda s: _posts(srv) > sent and bool(s.paused_why), 60) is not None  # tripped again
+        finally:
+            eng.close()
+
+
+def test_a_records_file_that_cannot_grow_pauses_the_load_and_keeps_whole_lines(server, tmp_path):
+    """A real write failure: the engine process may not grow a file past LIMIT bytes (RLIMIT_FSIZE, inherited at
+    spawn; SIGXFSZ ignored so the write fails with EFBIG instead of killing it). The load pauses naming why, resume
+    is refused (a load nobody records only costs the server), a save still writes what fits."""
+    import resource
+    import signal
+
+    limit = 250_000  # some seconds of records, so a level settles first; its .txt and .json are far smaller
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    prev = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        spec = RequestSpec(url=server.url, model="m", max_tokens=5)
+        eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), start_concurrency=4,
+                                          min_segment_s=MIN_SEGMENT_S))
+    finally:  # only the child keeps the limit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, prev)
+    try:
+        s = eng.wait_for(lambda s: bool(s.paused_why), 90)
+        assert s is not None and s.status == "paused", eng.last
+        assert s.paused_why.startswith("results file write failed: File too large (")
+        eng.wait_for(lambda s: s.in_flight == 0, 10)
+        sent = _posts(server)
+        eng.send(Resume())
+        s = eng.wait_for(lambda s: s.message.startswith("cannot resume: results file write failed"), 10)
+        assert s is not None and s.status == "paused" and _posts(server) == sent
+        eng.send(Save(str(tmp_path)))
+        s = eng.wait_for(lambda s: bool(s.saved), 30)
+        assert s is not None and s.save_error == ""
+    finally:
+        eng.close()
+    (jl,) = tmp_path.glob("benchmark_*.requests.jsonl")
+    raw = jl.read_bytes()
+    assert 0 < len(raw) <= limit and raw.endswith(b"\n")  # cut back to the last whole record
+    records = read_records(jl)
+    data = json.loads(Path(s.saved[1]).read_text())
+    # the summary is the engine's own count; the file holds what reached the disk before the write failed
+    assert data["levels"] and data["levels"][0]["completed"] > 0
+    assert 0 < len(records) <= s.completed_total + s.failed_total and all(r["ok"] for r in records)

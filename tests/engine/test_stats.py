@@ -75,7 +75,8 @@ def _records():
 
 def test_summarize_keys_exact():
     # the run format, plus where the level came from and the server's view (null here)
-    assert list(summarize(_records(), 4.0, 3)) == VLLM_KEYS + EXTRA_KEYS + ["mode", "server"]
+    assert list(summarize(_records(), 4.0, 3)) == VLLM_KEYS + EXTRA_KEYS + ["mode", "server", "interrupted", "input_lens",
+                                                                          "output_lens"]
 
 
 def test_level_result_attributes_are_seconds():

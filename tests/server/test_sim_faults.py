@@ -127,3 +127,49 @@ def test_crash_after_in_thread_stops_the_server(sim_server):
     assert sim.state == "failed" and sim.returncode == 1 and "crash" in sim.error
     with pytest.raises(httpx.ConnectError):
         httpx.get(sim.url + "/health", timeout=2)
+
+
+def test_rate_limit_answers_429_with_retry_after(sim_server):
+    sim = sim_server("h200-fast", speed=5, rate_limit_rate=1.0, retry_after=7)  # subprocess: the CLI flags
+    r = httpx.post(sim.url + "/v1/chat/completions", json=BODY, timeout=10)
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "7"
+    err = r.json()["error"]
+    assert err["code"] == 429 and err["type"] == "RateLimitError" and "Rate limit" in err["message"]
+    assert httpx.get(sim.url + "/health").status_code == 200  # only completions are limited
+
+
+def test_rate_limit_fraction_is_seeded_and_leaves_other_faults_alone(sim_server):
+    sim = sim_server("h200-fast", in_thread=True, speed=5, rate_limit_rate=0.5, seed=3)
+    codes = [httpx.post(sim.url + "/v1/chat/completions", json=UNARY, timeout=10).status_code for _ in range(30)]
+    assert set(codes) == {200, 429}
+    assert 5 <= codes.count(429) <= 25
+    from qbench_tui.server.sim.faults import FaultDice, Faults
+
+    # the 500s a seed picks are the same with rate limiting on: it draws from its own stream
+    plain = FaultDice(Faults(error_rate=0.3), seed=5)
+    limited = FaultDice(Faults(error_rate=0.3, rate_limit_rate=0.5), seed=5)
+    picks = []
+    for _ in range(40):
+        limited.rate_limited()
+        picks.append((plain.plan(10, True).error, limited.plan(10, True).error))
+    assert all(a == b for a, b in picks) and any(a for a, _ in picks)
+
+
+def test_rate_limit_values_checked():
+    from qbench_tui.server.sim.faults import Faults
+
+    for bad in ({"rate_limit_rate": 1.5}, {"rate_limit_rate": -0.1}, {"retry_after": -1.0},
+                {"retry_after": float("nan")}):
+        with pytest.raises(ValueError):
+            Faults(**bad)
+    assert Faults(rate_limit_rate=0.2, retry_after=3.0).cli_args() == ["--rate-limit-rate", "0.2",
+                                                                          "--retry-after", "3.0"]
+
+
+def test_unknown_model_gets_vllms_404(sim_server):
+    sim = sim_server("h200-fast", in_thread=True, speed=5)
+    r = httpx.post(sim.url + "/v1/chat/completions", json={**BODY, "model": "nope"}, timeout=10)
+    assert r.status_code == 404
+    assert r.json() == {"error": {"message": "The model `nope` does not exist.", "type": "NotFoundError",
+                                  "param": None, "code": 404}}

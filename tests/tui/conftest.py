@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from qbench_tui.tui.app import ENGINE_WORKER, QBenchApp
+from qbench_tui.tui.app import QBenchApp
+from qbench_tui.tui.lifecycle import ENGINE_WORKER
 
 from .fakes import FakeEngine
 

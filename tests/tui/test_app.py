@@ -191,8 +191,8 @@ async def test_ctrl_c_quits_cleanly():
         await settle(app, pilot)
         await pilot.press("ctrl+c")
         await pilot.pause()
-    assert Stop() in eng.sent
-    assert eng.closed
+    assert eng.sent[-2:] == [Save("results"), Stop()]  # ctrl+c saves, as q does
+    assert eng.closed and app.return_code == 0
 
 
 async def test_unmount_closes_engine_even_without_quit_key():

@@ -261,7 +261,7 @@ async def test_server_tok_s_and_running_waiting_are_drawn_over_time():
 async def test_the_client_limited_badge_says_why(tmp_path, cpu, lag, why):
     session = EngineSession(SessionConfig(spec=RequestSpec(url="http://127.0.0.1:9", model="m"), prompt="hi",
                                           out_dir=str(tmp_path)), emit=lambda s: None)
-    session._cpu_pct, session._lag_max = cpu, lag  # what _per_second / _lag_monitor measured last
+    session.health.cpu_pct, session.health.lag_max = cpu, lag  # what the client health measured last
     snap = session.snapshot()
     assert snap.client_limited == bool(why) and snap.client_limited_why == why
     app, _, _ = build_app(FakeEngine(replace(sample_snapshot(), client_limited=snap.client_limited,

@@ -15,11 +15,16 @@ def test_fixed_prompt_repeats():
 
 
 def test_unique_prefix_comes_first_and_differs():
+    """In a system message of its own, before anything a chat template would put first (its default system
+    prompt, shared by every request); on the completions endpoint the tag is the text's start."""
     src = make_prompt_source("same question", unique_prefix=True)
     a, b = src(0), src(1)
-    assert a != b and a.endswith("same question") and b.endswith("same question")
-    assert a[:20] != b[:20]  # differs at the START, where prefix caching hashes
+    assert [m["role"] for m in a] == ["system", "user"] and a[1]["content"] == "same question"
+    assert a[0]["content"][:20] != b[0]["content"][:20]  # differs at the START, where prefix caching hashes
     assert src(0) == a  # deterministic
+    spec = RequestSpec(url="http://x", model="m", endpoint="completions")
+    text = build_request(spec, a)[1]["prompt"]
+    assert text.startswith(a[0]["content"]) and text.endswith("same question")
 
 
 def test_synthetic_length_is_about_n_words():
@@ -46,7 +51,7 @@ def test_messages_get_unique_prefix_too(tmp_path):
     (tmp_path / "p.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "b"}]}) + "\n")
     src = make_prompt_source("", prompts_file=str(tmp_path / "p.jsonl"), unique_prefix=True)
     m = src(0)
-    assert m[0]["content"].endswith("b") and len(m[0]["content"]) > 10
+    assert m[0]["role"] == "system" and len(m[0]["content"]) > 10 and m[1] == {"role": "user", "content": "b"}
 
 
 def test_jsonl_output_tokens_per_line(tmp_path):
@@ -57,11 +62,11 @@ def test_jsonl_output_tokens_per_line(tmp_path):
     assert load_prompts(str(f)) == [Sized("a", 5), Sized([{"role": "user", "content": "b"}], 7), "c", "d", "e"]
     src = make_prompt_source("", prompts_file=str(f), unique_prefix=True)
     first = src(0)
-    assert isinstance(first, Sized) and first.max_tokens == 5 and first.prompt.endswith("a") and len(first.prompt) > 5
+    assert isinstance(first, Sized) and first.max_tokens == 5 and first.prompt[1]["content"] == "a"
     spec = RequestSpec(url="http://x", model="m", max_tokens=200)
     assert build_request(spec, Sized("q", 11))[1]["max_tokens"] == 11
     assert build_request(spec, src(2))[1]["max_tokens"] == 200
-    assert build_request(spec, src(1))[1]["messages"][0]["content"].endswith("b")
+    assert build_request(spec, src(1))[1]["messages"][1]["content"] == "b"
 
 
 @pytest.mark.parametrize("name, body, msg", [

@@ -19,8 +19,9 @@ from typing import Any
 from .faults import FaultDice, FaultPlan, Faults
 from .metrics import SimMetrics
 from .profile import Profile
-from .requests import ApiError, parse_generate, read_json
+from .requests import ApiError, error_body, parse_generate, read_json
 from .scheduler import SimEngine, SimRequest
+from .tokenize import tokenize
 
 DEFAULT_TEXT = (
     "GPUs are good for AI because they are built to do many simple calculations at the same time. Training and "
@@ -37,6 +38,9 @@ METRICS_CT = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 DONE = b"data: [DONE]\n\n"
 CHAT_SUFFIX = b'","reasoning_content":null},"logprobs":null,"finish_reason":null,"token_ids":null}]}\n\n'
 CMPL_SUFFIX = b'","logprobs":null,"finish_reason":null,"stop_reason":null}],"usage":null}\n\n'
+# vLLM itself never rate-limits: this is what a proxy in front of it (LiteLLM, an API gateway) answers, in the
+# OpenAI error shape those proxies use
+RATE_LIMITED = error_body("Rate limit exceeded: too many requests, retry later.", "RateLimitError", 429)
 GARBAGE_METRICS = (b'vllm:num_requests_running{engine="0",model_name="sim" 1.0\n'
                    b"<html><body>502 Bad Gateway {{{ not prometheus }}}</body></html>\n"
                    b"vllm:kv_cache_usage_perc{=} abc def\n")
@@ -120,9 +124,11 @@ class SimApp:
             "/health": self._health,
             "/metrics": self._metrics,
             "/ping": self._health,
+            "/tokenize": self._tokenize,
         }
-        self._post_paths = {"/v1/chat/completions", "/v1/completions"}
+        self._post_paths = {"/v1/chat/completions", "/v1/completions", "/tokenize"}
         self.on_cut: Callable[[], None] | None = None
+        self._limited_headers = JSON_CT + [(b"retry-after", f"{self.faults.retry_after:g}".encode())]
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
@@ -162,6 +168,17 @@ class SimApp:
             await self._respond(send, 503, b"")
         else:
             await self._respond(send, 200, b"")
+
+    async def _tokenize(self, scope, receive, send) -> None:
+        try:
+            data = await read_json(receive)
+        except ApiError as e:
+            await self._respond(send, e.status, e.body)
+            return
+        if data is None:
+            return
+        status, body = tokenize(data, self.profile, self.model_name)
+        await self._respond(send, status, body)
 
     async def _version(self, scope, receive, send) -> None:
         await self._respond(send, 200, json.dumps({"version": self.profile.version}, separators=(",", ":")).encode())
@@ -206,6 +223,9 @@ class SimApp:
                                "Internal Server Error")
             data = await read_json(receive)
             if data is None:
+                return
+            if self.dice.rate_limited():
+                await self._respond(send, 429, RATE_LIMITED, self._limited_headers)
                 return
             n, hashes, max_tokens, param, stream, target = parse_generate(
                 data, chat, self.profile, self.model_name, self.engine.draw_answer_len)

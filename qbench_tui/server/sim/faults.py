@@ -23,16 +23,18 @@ class Faults:
     refuse_seconds: float = 0.0  # slow start: connections refused this long (port bound, not listening) ...
     unhealthy_seconds: float = 0.0  # ... then /health (and completions) answer 503 this long, then ready
     metrics: str = "ok"  # ok | garbage (200 with unparsable text) | missing (404)
+    rate_limit_rate: float = 0.0  # fraction of completion requests answered 429, as a rate-limiting proxy would ...
+    retry_after: float = 1.0  # ... with `Retry-After: <this>` (seconds)
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "cut_rate", "stream_error_rate", "stall_rate"):
+        for name in ("error_rate", "cut_rate", "stream_error_rate", "stall_rate", "rate_limit_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {v}")
         if self.metrics not in METRICS_MODES:
             raise ValueError(f"metrics fault must be one of {METRICS_MODES}, got {self.metrics!r}")
-        for name in ("stall_seconds", "crash_after", "refuse_seconds", "unhealthy_seconds"):
-            if getattr(self, name) < 0:
+        for name in ("stall_seconds", "crash_after", "refuse_seconds", "unhealthy_seconds", "retry_after"):
+            if not getattr(self, name) >= 0:  # NaN too
                 raise ValueError(f"{name} must be >= 0")
 
     @property
@@ -77,6 +79,10 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
                    help="slow start: then answer /health 503 for S2 seconds")
     g.add_argument("--metrics-fault", choices=METRICS_MODES, default="ok",
                    help="serve /metrics normally, as unparsable garbage, or 404")
+    g.add_argument("--rate-limit-rate", type=float, default=0.0, metavar="F",
+                   help="fraction of requests answered HTTP 429 with Retry-After (a rate-limiting proxy)")
+    g.add_argument("--retry-after", type=float, default=1.0, metavar="S",
+                   help="the Retry-After seconds those 429s carry (default 1)")
 
 
 class FaultPlan:
@@ -102,6 +108,12 @@ class FaultDice:
     def __init__(self, faults: Faults, seed: int = 0):
         self.faults = faults
         self.rng = random.Random(seed * 7919 + 1)
+        # its own stream: turning rate limiting on leaves the other faults' choices as they were for a seed
+        self.limit_rng = random.Random(seed * 7919 + 2)
+
+    def rate_limited(self) -> bool:
+        f = self.faults.rate_limit_rate
+        return bool(f) and self.limit_rng.random() < f
 
     def plan(self, expected_tokens: int, stream: bool) -> FaultPlan:
         f = self.faults

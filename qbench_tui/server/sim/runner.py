@@ -22,6 +22,11 @@ from .app import CutStream, SimApp, TruthRecorder
 from .faults import Faults
 from .profile import Profile, load_profile
 
+# Ground-truth records held in memory for SimHandle.truth() (thread mode: tests read a handful). A simulator in its
+# own process holds none: its readers have --record-truth's file, streamed a line per request, and holding 100k
+# records (each with its chunk times) grew `qbench sim` from 52 to 473 MB in two minutes at high concurrency.
+THREAD_TRUTH_KEEP = 2_000
+
 
 class _DropCutStreamLogs(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
@@ -50,10 +55,12 @@ class SimServer:
     def __init__(self, profile: Profile | str = "h200-fast", host: str = "127.0.0.1", port: int = 0, *,
                  model_name: str | None = None, metrics_schema: str = "v1", speed: float = 1.0, seed: int = 0,
                  record_truth: str | None = None, faults: Faults | None = None, hard_crash: bool = True,
-                 log_level: str = "warning", on_listening: Callable[[SimServer], None] | None = None):
+                 log_level: str = "warning", on_listening: Callable[[SimServer], None] | None = None,
+                 keep_truth: int = 0):
         self.profile = load_profile(profile)
         self.faults = faults or Faults()
-        self.truth = TruthRecorder(record_truth)
+        # nobody to read the truth: build none (no per-chunk bookkeeping on the hot path either)
+        self.truth = TruthRecorder(record_truth, keep=keep_truth) if record_truth or keep_truth > 0 else None
         self.app = SimApp(self.profile, model_name=model_name, metrics_schema=metrics_schema, faults=self.faults,
                           speed=speed, seed=seed, truth=self.truth)
         self.host = host
@@ -104,7 +111,8 @@ class SimServer:
             if crash_handle is not None:
                 crash_handle.cancel()
             await self.app.engine.stop()
-            self.truth.close()
+            if self.truth is not None:
+                self.truth.close()
             self.listening.set()
 
     def _crash(self) -> None:
@@ -189,7 +197,9 @@ class SimHandle:
         return self.server.app.metrics
 
     def truth(self) -> list[dict[str, Any]]:
-        return list(self.server.truth.records)
+        """The newest requests' ground truth (at most the keep_truth given to start_in_thread), oldest first."""
+        rec = self.server.truth
+        return list(rec.records) if rec is not None else []
 
     @property
     def alive(self) -> bool:
@@ -232,14 +242,17 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 def start_in_thread(profile: Profile | str = "h200-fast", host: str = "127.0.0.1", port: int = 0, *,
                     model_name: str | None = None, metrics_schema: str = "v1", speed: float = 1.0, seed: int = 0,
-                    record_truth: str | None = None, wait: float = 10.0, **faults: Any) -> SimHandle:
+                    record_truth: str | None = None, wait: float = 10.0, keep_truth: int = THREAD_TRUTH_KEEP,
+                    **faults: Any) -> SimHandle:
     """Start a simulator in a daemon thread and return once it accepts connections (or slow start has begun).
 
     `faults` are Faults fields (error_rate=0.1, cut_rate=..., metrics="garbage", ...). crash_after stops the server
-    abruptly instead of exiting the process.
+    abruptly instead of exiting the process. `keep_truth`: how many of the newest requests' ground truth .truth()
+    holds (the file, if any, gets every one).
     """
     server = SimServer(profile, host, port, model_name=model_name, metrics_schema=metrics_schema, speed=speed,
-                       seed=seed, record_truth=record_truth, faults=Faults(**faults), hard_crash=False)
+                       seed=seed, record_truth=record_truth, faults=Faults(**faults), hard_crash=False,
+                       keep_truth=keep_truth)
     loop = _new_loop()
 
     def target() -> None:

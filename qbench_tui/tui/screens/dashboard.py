@@ -60,6 +60,8 @@ class DashboardScreen(Screen):
     auto: var[bool] = var(False)
     simulated: var[bool] = var(False)
     engine_up: var[bool] = var(False)
+    waiting: var[str] = var("")  # while there is no engine yet: the server is not up, and the next retry
+    engine_failed: var[str] = var("")  # there will be no engine: why
 
     VIEWS = ("ttft", "itl", "e2el", "curve")  # what `l` steps through; on wide screens only the curve is folded
     VIEW_TITLES = {"ttft": "TTFT", "itl": "ITL", "e2el": "E2E latency", "curve": "saturation curve"}
@@ -73,7 +75,8 @@ class DashboardScreen(Screen):
         yield Header()
         yield ControlBar(id="control").data_bind(DashboardScreen.target, DashboardScreen.paused,
                                                  DashboardScreen.auto, DashboardScreen.simulated,
-                                                 DashboardScreen.engine_up)
+                                                 DashboardScreen.engine_up, DashboardScreen.waiting,
+                                                 DashboardScreen.engine_failed)
         with Horizontal(id="row-top"):
             yield ThroughputPanel(id="throughput", classes="panel")
             yield CurvePanel(id="curve", classes="panel")

@@ -47,6 +47,8 @@ class ControlBar(Horizontal):
     auto: var[bool] = var(False)  # a ladder runs, or was asked for and the engine has not said so yet
     simulated: var[bool] = var(False)
     engine_up: var[bool] = var(False)
+    waiting: var[str] = var("")
+    engine_failed: var[str] = var("")
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -54,6 +56,7 @@ class ControlBar(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield Field("", id="state")
+        yield Field("", id="why")  # beside the state: why the load is not running (waiting, error budget, disk)
         yield Field("", id="conc")
         yield Field("", id="auto")
         yield Field("", id="totals")
@@ -70,15 +73,25 @@ class ControlBar(Horizontal):
         if not self.is_mounted:  # a bound value may arrive before compose; on_mount paints then
             return
         snap = self._snap
+        why = ""
         if not self.engine_up:
-            state = "[$text-muted]○ no engine[/]"
+            if self.engine_failed:
+                state, why = "[b $error]✘ NO ENGINE[/]", f"[$error]— {escape(self.engine_failed)}[/]"
+            elif self.waiting:
+                state, why = "[b $warning]◌ WAITING[/]", f"[$warning]— {escape(self.waiting)}[/]"
+            else:
+                state = "[$text-muted]○ no engine[/]"
         elif snap is not None and snap.status in (EngineStatus.ERROR, EngineStatus.STOPPED):
             state = f"[b $error]■ {EngineStatus(snap.status).value.upper()}[/]"
         elif self.paused:
             state = "[b $warning]‖ PAUSED[/]"
+            if snap is not None and snap.paused_why:  # the engine paused itself: the reason is the news
+                why = f"[b $error]— {escape(snap.paused_why)}[/]"
         else:
             state = "[b $success]▶ RUNNING[/]"
         self.query_one("#state", Field).set(state)
+        self.query_one("#why", Field).set(why)
+        self.set_class(bool(why), "-why")
         in_flight = "—" if snap is None else str(snap.in_flight)
         seg = "—" if snap is None else str(snap.segment)
         failed = f"  [b $error]failed {snap.failed_total:,}[/]" if snap is not None and snap.failed_total else ""
@@ -101,6 +114,7 @@ class ControlBar(Horizontal):
         self.set_class(self.simulated, "-simulated")
 
     watch_target = watch_paused = watch_auto = watch_simulated = watch_engine_up = _paint
+    watch_waiting = watch_engine_failed = _paint
 
 
 class StatusLine(Horizontal):
@@ -377,9 +391,13 @@ def gpu_line(g: GpuSample) -> str:
 
 
 class LogPanel(Vertical):
+    """The server's log, newest line at the bottom: a tail taller than the panel keeps only the lines that fit, so
+    the line that explains a failure (usually the last) is never the one cut off."""
+
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.border_title = "vLLM log"
+        self._lines: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield Field("", id="log-text")
@@ -387,4 +405,14 @@ class LogPanel(Vertical):
     def show_lines(self, lines: list[str], state: str = "") -> None:
         if state:
             self.border_title = f"vLLM log ({state})"
-        self.query_one("#log-text", Field).set("\n".join(escape(line) for line in lines))
+        self._lines = list(lines)
+        self._paint()
+
+    def on_resize(self) -> None:
+        self._paint()
+
+    def _paint(self) -> None:
+        text = self.query_one("#log-text", Field)
+        rows = text.size.height
+        shown = self._lines[-rows:] if rows > 0 else self._lines  # not laid out yet: all, the next paint cuts
+        text.set("\n".join(escape(line) for line in shown))
