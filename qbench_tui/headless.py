@@ -7,7 +7,9 @@ a level's server stats cover the scrapes inside its window. The load engine's ow
 watched too, so a level can tell when the client, not the server, set the pace.
 
 A steady level is measured once settled (engine/settle.py) over a saved window (engine/window.py); a wave
-level is the classic: exactly C at once, first start to last end.
+level is the classic: exactly C at once, first start to last end. A steady or open-loop level keeps no list of
+its records: they stream to the .requests.jsonl and into a WindowTally (and a tally of everything, for a level
+that is stopped before its end) as they finish, so a level of any length is flat in memory.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ from .engine.result import ClientLevel, LevelResult, ServerLevel, server_level
 from .engine.server_poll import fetch_info, side_client
 from .engine.server_series import ServerSeries
 from .engine.settle import CV_MAX, SETTLE_MAX_S, SettleRule
-from .engine.stats import ClientTally, LevelTally, level_result
-from .engine.window import WAVE_RULE, Bounds, Clocks, steady_rule, summarize_window
+from .engine.stats import ClientTally, LevelTally, headless_tally, level_result
+from .engine.window import WAVE_RULE, Bounds, Clocks, WindowTally, steady_rule, summarize_window
 
 
 class Unreachable(RuntimeError):
@@ -206,31 +208,34 @@ async def discover(url: str, headers: dict, *, need_model: bool = False, ca_cert
         return await fetch_info(client)
 
 
-async def run_level(engine: LoadEngine, plan: LevelPlan,
-                    at_window_end: Callable[[], object] | None = None) -> tuple[list[RequestRecord], Bounds | None]:
-    """The level's records and, for a steady level, its measurement window (None: a wave)."""
+async def run_level(engine: LoadEngine, plan: LevelPlan, at_window_end: Callable[[], object] | None = None,
+                    summary: WindowTally | None = None) -> tuple[list[RequestRecord], Bounds | None]:
+    """The level's records and, for a steady level, its measurement window (None: a wave). Given a `summary`,
+    a steady or open-loop level folds its records into it and returns none (a wave's C records come back)."""
     if plan.mode == "rate":
         from .engine.arrivals import schedule
         from .engine.open_loop import run_open
 
         if plan.trace_times is not None:
             return await run_open(engine, plan.trace_times, requests=len(plan.trace_times),
-                                  max_concurrency=plan.concurrency or None, at_window_end=at_window_end)
+                                  max_concurrency=plan.concurrency or None, at_window_end=at_window_end,
+                                  summary=summary)
         return await run_open(engine, schedule(plan.rate or 0.0, plan.burstiness, plan.seed), duration=plan.duration,
                               requests=plan.requests, warmup=plan.warmup, max_concurrency=plan.concurrency or None,
-                              at_window_end=at_window_end)  # type: ignore[arg-type]
+                              at_window_end=at_window_end, summary=summary)  # type: ignore[arg-type]
     if plan.mode == "wave":
         return await engine.run_wave(plan.concurrency), None
     records = await engine.run_steady(plan.concurrency, duration=plan.duration, requests=plan.requests,
                                       warmup=plan.warmup, settle=plan.settle_rule(),
-                                      at_window_end=at_window_end)  # type: ignore[arg-type]
+                                      at_window_end=at_window_end, summary=summary)  # type: ignore[arg-type]
     return records, engine.last_bounds
 
 
 def summarize_level(records: list[RequestRecord], plan: LevelPlan, window: Bounds | None,
-                    clocks: Clocks | None = None, **context) -> LevelResult:
+                    clocks: Clocks | None = None, summary: WindowTally | None = None, **context) -> LevelResult:
     """Wave: the classic total time (first start to last end), every request. Steady: over its window only
-    (engine/window.py), so neither the ramp-up nor the drain nor where the window cuts a wave moves it."""
+    (engine/window.py), so neither the ramp-up nor the drain nor where the window cuts a wave moves it; from
+    `summary` when the level was run with one (its records are not kept), else from `records`."""
     clocks = clocks or Clocks.now()
     if window is None:
         tally = LevelTally().add_all(records)
@@ -240,11 +245,14 @@ def summarize_level(records: list[RequestRecord], plan: LevelPlan, window: Bound
             lv.window = clocks.window(b, rule=WAVE_RULE, cv=None, mean_e2el=lv.e2el.mean_s, wave=True)
         return lv
     if plan.mode == "rate":
-        return summarize_window(records, window, plan.concurrency or None, clocks, rule=OPEN_RULE, mode="rate",
-                                request_rate=plan.rate, burstiness=plan.burstiness if plan.rate else None,
-                                **context)
-    return summarize_window(records, window, plan.concurrency, clocks,
-                            rule=steady_rule(plan.settle_rule(), plan.warmup), mode=plan.mode, **context)
+        c, rule = plan.concurrency or None, OPEN_RULE
+        context.update(mode="rate", request_rate=plan.rate, burstiness=plan.burstiness if plan.rate else None)
+    else:
+        c, rule = plan.concurrency, steady_rule(plan.settle_rule(), plan.warmup)
+        context.update(mode=plan.mode)
+    if summary is not None:
+        return summary.result(c, clocks, rule=rule, **context)
+    return summarize_window(records, window, c, clocks, rule=rule, **context)
 
 
 OPEN_RULE = ("open loop: requests due in [start, started_until) after the warm-up, arrivals going on until each "
@@ -254,12 +262,12 @@ OPEN_RULE = ("open loop: requests due in [start, started_until) after the warm-u
 INTERRUPTED_RULE = "interrupted: every request that finished before the stop; rates over first start to last end"
 
 
-def summarize_interrupted(records: list[RequestRecord], plan: LevelPlan, clocks: Clocks | None = None,
+def summarize_interrupted(tally: LevelTally, plan: LevelPlan, clocks: Clocks | None = None,
                           **context) -> LevelResult:
-    """A level stopped before it ended: what its finished requests say, first start to last end, marked
-    interrupted and not steady (a steady level's ramp-up is in it; no window was settled)."""
+    """A level stopped before it ended: what its finished requests say (`tally`: every one of them, added as
+    they finished), first start to last end, marked interrupted and not steady (a steady level's ramp-up is in
+    it; no window was settled)."""
     clocks = clocks or Clocks.now()
-    tally = LevelTally().add_all(records)
     lv = level_result(tally, tally.span_s, plan.concurrency, mode=plan.mode, **context)
     if tally.first_start is not None and tally.last_end is not None:
         b = Bounds(tally.first_start, tally.first_start, tally.last_end, tally.last_end, tally.last_end, False)
@@ -300,17 +308,25 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: P
     budget (`engine.tripped`: the engine ends a steady level itself; that level is marked interrupted). Stopped
     mid-level, the level is cancelled, then the requests in flight, and what finished is kept as an interrupted
     level (summarize_interrupted), handed to on_level like the others.
+
+    No level's records are kept: on_level's list is a wave's C records, and [] for a steady, open-loop or
+    interrupted level (summed up as they finished; every one went to on_record).
     """
     headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
     watch = ServerWatch(spec.url, headers, ca_cert=spec.ca_cert, insecure=spec.insecure)
     watch.start()
     client = ClientWatch()
     client.start()
-    current: list[RequestRecord] = []  # the running level's finished requests: an interrupted level's summary
+    # the running level's finished requests, summed up as they come (the engine feeds its window's summary):
+    # all of them (an interrupted level's summary), and how many failures had an answer (the server-gone check)
     level_c = [0]
+    everything = [headless_tally()]
+    answered = [0]
 
     def finished(rec: RequestRecord) -> None:
-        current.append(rec)
+        everything[0].add(rec)
+        if not rec.ok and rec.status is not None:
+            answered[0] += 1
         if on_record is not None:
             on_record(rec, level_c[0])
 
@@ -357,14 +373,15 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: P
                 stopped = why
                 break
             client.begin()
-            current.clear()
+            everything[0], answered[0] = headless_tally(), 0
             level_c[0] = plan.concurrency
             at_end: list[ServerSample | None] = []
+            summary = None if plan.mode == "wave" else WindowTally()
 
             async def window_end(at_end=at_end) -> None:
                 at_end.append(await watch.boundary())
 
-            level_task = asyncio.create_task(run_level(engine, plan, window_end))
+            level_task = asyncio.create_task(run_level(engine, plan, window_end, summary))
             waits = {level_task} | ({stop_task} if stop_task is not None else set())
             while not level_task.done():
                 await asyncio.wait(waits, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
@@ -374,18 +391,18 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: P
             if stopped:
                 await _cancel(level_task)
                 await engine.stop()  # the requests in flight too: a stop takes seconds, not a stream's length
-                lv = summarize_interrupted(list(current), plan, clocks, client=client.end(),
+                lv = summarize_interrupted(everything[0], plan, clocks, client=client.end(),
                                            server=server_level(watch.series, before.t if before else None),
                                            server_metrics=metrics_note())
                 results.append(lv)
                 if on_level:
-                    on_level(lv, list(current))
+                    on_level(lv, [])
                 break
             records, window = level_task.result()
             cpu_lag = client.end()
             after = await unless_stopped(watch.boundary())
             if window is None and plan.mode != "wave":  # a steady level stopped before it had a window
-                lv = summarize_interrupted(records, plan, clocks, client=cpu_lag,
+                lv = summarize_interrupted(everything[0], plan, clocks, client=cpu_lag,
                                            server=watch.between(before, after), server_metrics=metrics_note())
             elif window is None:
                 lv = summarize_level(records, plan, None, clocks, server=watch.between(before, after),
@@ -394,7 +411,7 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: P
                 last = at_end[0] if at_end and at_end[0] is not None else None
                 server = server_level(watch.series, clocks.to_mono(window.start),
                                       last.t if last is not None else clocks.to_mono(window.end))
-                lv = summarize_level(records, plan, window, clocks, server=server, client=cpu_lag,
+                lv = summarize_level(records, plan, window, clocks, summary, server=server, client=cpu_lag,
                                      server_metrics=metrics_note())
             if plan.mode != "wave" and getattr(engine, "tripped", None):
                 lv.interrupted = True  # the budget ended it early: measured, but not for as long as planned
@@ -405,8 +422,7 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: P
             if why := why_stop():
                 stopped = why
                 break
-            if lv.completed == 0 and lv.failed and all(
-                    r.status is None for r in records if not r.ok):
+            if lv.completed == 0 and lv.failed and answered[0] == 0:
                 # nothing answered at all: the server is gone; more levels would only repeat the failure
                 first = next(iter(lv.failures), "")
                 stopped = f"server gone: every request of level {plan.concurrency} failed ({first})"

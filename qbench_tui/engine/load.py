@@ -11,7 +11,8 @@ server's error and the engine pauses itself: no new request, a running steady le
 
 Every finished request goes into `timeline` (its tokens by arrival time); `horizon()` says up to when that
 timeline is complete. A steady level is measured only once settled (engine/settle.py) and held at C until every
-request it measures has ended (engine/window.py: which requests count, and why).
+request it measures has ended (engine/window.py: which requests count, and why). Given a WindowTally, a steady
+level folds each record into it as it finishes and keeps none (a long headless level stays flat in memory).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from qbench_tui.engine.records import RequestRecord, RequestSpec
 from qbench_tui.engine.request import make_client, stream_request
 from qbench_tui.engine.settle import Settler, SettleRule
 from qbench_tui.engine.timeline import Timeline
-from qbench_tui.engine.window import Bounds
+from qbench_tui.engine.window import Bounds, WindowTally
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,56 @@ STRAGGLER_MIN_S = 10.0
 
 @dataclass
 class _Level:
-    """State of the level being run by run_steady: what it collected, and when its requests were sent."""
+    """State of the level being run by run_steady: where its records go, and (--requests) its send stamps.
+
+    With `requests`, the window starts ON the first send at or after the settled time and its started_until is
+    the send `requests` sends later: nothing awaits between a request's stamp and its record's start, so no other
+    request's stamp falls between them and the count is exact (an edge between the two let the window take 101 of
+    --requests 100 now and then). Stamps are kept only until the start is known; after it, sends are counted and
+    the last one seen is the summary's lower bound for started_until, set as it is sent, before that request can
+    finish."""
 
     warmup_end: float
-    records: list[RequestRecord]
-    stamps: list[float] = field(default_factory=list)  # send times, in order (the requests-mode budget)
+    sink: Callable[[RequestRecord], None]
+    summary: WindowTally | None = None
+    requests: int | None = None
+    stamps: list[float] = field(default_factory=list)  # --requests: send times until the start is known
+    t0: float | None = None  # the window's start, once known
+    sent: int = 0  # --requests: sends at or after t0
+    until: float | None = None  # --requests: the send that ends the window's starts
     closed: bool = False
     failing: int = 0  # failures in a row since the last success
+
+    def stamp(self, t: float) -> None:
+        if self.requests is None or self.until is not None:
+            return
+        if self.t0 is None:
+            self.stamps.append(t)
+            return
+        if self.sent == self.requests:
+            self.until = t
+        self.sent += 1
+        if self.summary is not None:
+            self.summary.until_at_least(t)
+
+    def open(self, settled: float, duration: float | None) -> bool:
+        """Fix the window's start from the settled time; False while --requests has no send after it yet."""
+        if self.requests is None:
+            self.t0 = settled
+            if self.summary is not None:
+                self.summary.open(settled, settled + (duration or 0.0))
+            return True
+        i = bisect_left(self.stamps, settled)
+        if i == len(self.stamps):
+            return False
+        self.t0, self.sent = self.stamps[i], len(self.stamps) - i
+        if self.sent > self.requests:
+            self.until = self.stamps[i + self.requests]
+        last = self.until if self.until is not None else self.stamps[-1]
+        self.stamps = []
+        if self.summary is not None:
+            self.summary.open(self.t0, last)
+        return True
 
 
 class LoadEngine:
@@ -193,7 +237,7 @@ class LoadEngine:
         self.budget.set_load(c, rounds=1)
         seg = self._segment
         records: list[RequestRecord] = []
-        tasks = [asyncio.create_task(self._one(i, seg, c, False, records)) for i in range(c)]
+        tasks = [asyncio.create_task(self._one(i, seg, c, False, None, records.append)) for i in range(c)]
         self._wave_tasks.update(tasks)
         try:
             await asyncio.gather(*tasks)
@@ -210,6 +254,7 @@ class LoadEngine:
         warmup: float = 0.0,
         settle: SettleRule | None = SettleRule(),  # noqa: B008 (frozen: one shared default is safe)
         at_window_end: Callable[[], Awaitable[object]] | None = None,
+        summary: WindowTally | None = None,
     ) -> list[RequestRecord]:
         """Closed loop at `c`, measured over a window (engine/window.py) that starts once the level is settled
         (`settle`, by default the standard rule; None: right after `warmup`) and in which `duration` seconds'
@@ -218,9 +263,10 @@ class LoadEngine:
         headless driver scrapes the server); then no new request starts and the rest drain. Requests sent
         during `warmup` come back warmup=True.
 
-        Returns every record of the level; `last_bounds` is the window (None when the level was stopped) and
-        `last_level_duration` its length. Live workers are drained first; records carry the current segment
-        (call new_segment() first).
+        Returns every record of the level, or, given a `summary`, none ([]): each record is folded into it as it
+        finishes (and closed with the window) instead. `last_bounds` is the window (None when the level was
+        stopped) and `last_level_duration` its length. Live workers are drained first; records carry the
+        current segment (call new_segment() first).
 
         When the error budget trips (`tripped`), the level ends early: nothing more is sent, in-flight requests
         finish, and the window runs from the end of the warm-up to then, marked not steady (as for a level that
@@ -241,10 +287,12 @@ class LoadEngine:
         self.budget.set_load(c)
         t_start = perf_counter()
         warmup = max(0.0, warmup)
-        lvl = _Level(warmup_end=t_start + warmup, records=[])
+        records: list[RequestRecord] = []
+        lvl = _Level(warmup_end=t_start + warmup, sink=records.append if summary is None else summary.add,
+                     summary=summary, requests=requests if duration is None else None)
         settler = None if settle is None else Settler(self.timeline, t_start,
                                                       replace(settle, min_s=max(settle.min_s, warmup)))
-        t0 = self.timeline.ceil(t_start + warmup) if settler is None else None
+        settled = self.timeline.ceil(t_start + warmup) if settler is None else None
         steady = True
         until: float | None = None
         bounds: Bounds | None = None
@@ -256,39 +304,45 @@ class LoadEngine:
                 await asyncio.sleep(_TICK_S)
                 now = perf_counter()
                 if self.tripped is not None:
-                    # measured records only trip it, so the warm-up is over; the window is closed after the drain
+                    # measured records only trip it, so the warm-up is over; the window is closed after the drain.
+                    # Nothing is sent after the trip (a request's start is read as it is sent), so every record
+                    # started before tripped_at: it is the window's started_until
                     tripped_at = now
-                    if t0 is None:
-                        t0 = min(t_start + warmup, now)
+                    if lvl.t0 is None:
+                        lvl.t0 = min(t_start + warmup, now) if settled is None else settled
+                    if summary is not None:
+                        summary.open(lvl.t0, tripped_at)
                     break
-                if t0 is None and settler is not None:
+                if settled is None and settler is not None:
                     if lvl.failing >= c and now >= lvl.warmup_end:
                         # a round of failures and no success since (the server refuses, or died): there is no
                         # throughput to settle, and waiting for the cap would only hammer it; measure what
                         # happened from the start, marked not steady
-                        t0, steady = t_start + warmup, False
+                        settled, steady = t_start + warmup, False
                     else:
-                        t0 = settler.update(self.horizon(now), t_start, now)
+                        settled = settler.update(self.horizon(now), t_start, now)
                         steady = bool(settler.steady)
-                    if t0 is None:
+                    if settled is None:
                         continue
+                if lvl.t0 is None and not lvl.open(settled, duration):
+                    continue
+                t0 = lvl.t0
+                assert t0 is not None
                 if until is None:
                     if duration is not None:
                         if now < t0 + duration:
                             continue
                         until = t0 + duration
                     else:
-                        i = bisect_left(lvl.stamps, t0)
-                        if len(lvl.stamps) - i <= requests:  # type: ignore[operator]
+                        if lvl.until is None:
                             continue
-                        # both edges ON send stamps: nothing awaits between a request's stamp and its record's
-                        # start, so no other request's stamp falls between them and the count is exact (an edge
-                        # between the two let the window take 101 of --requests 100 now and then)
-                        t0, until = lvl.stamps[i], lvl.stamps[i + requests]  # type: ignore[operator]
+                        until = lvl.until
                 if self.oldest_start(now) < until:
                     continue  # a measured request is still running: hold the load at C
                 end = perf_counter()
                 bounds = Bounds(t_start, t0, end, until, end, steady)
+                if summary is not None:
+                    summary.close(bounds)  # before any later record: those are summed up to this end
                 if at_window_end is not None:
                     await at_window_end()
                 break
@@ -296,9 +350,11 @@ class LoadEngine:
             self._set_target(0)
             while self._tasks:
                 await asyncio.wait(list(self._tasks.values()))
-            if tripped_at is not None and t0 is not None:
+            if tripped_at is not None and lvl.t0 is not None:
                 end = perf_counter()
-                bounds = Bounds(t_start, t0, end, tripped_at, end, False)
+                bounds = Bounds(t_start, lvl.t0, end, tripped_at, end, False)
+                if summary is not None:
+                    summary.close(bounds)
         finally:
             # also on cancellation of this runner: stop starting requests, let in-flight ones finish
             lvl.closed = True
@@ -307,7 +363,7 @@ class LoadEngine:
             self._level = None
         self.last_bounds = bounds
         self.last_level_duration = 0.0 if bounds is None else bounds.end - bounds.start
-        return lvl.records
+        return records
 
     # ------------------------------------------------------------ internals
 
@@ -355,7 +411,7 @@ class LoadEngine:
                     await self._wake.wait()
                     continue
                 warm = lvl is not None and perf_counter() < lvl.warmup_end
-                rec = await self._one(i, self._segment, self._target, warm, lvl.records if lvl else None)
+                rec = await self._one(i, self._segment, self._target, warm, lvl, lvl.sink if lvl else None)
                 wait = backoff.after(rec)
                 if wait > 0:
                     await self._nap(i, lvl, wait)
@@ -377,14 +433,16 @@ class LoadEngine:
             except asyncio.TimeoutError:
                 return
 
-    async def _one(self, i: int, segment: int, concurrency: int, warm: bool,
-                   sink: list[RequestRecord] | None) -> RequestRecord:
+    async def _one(self, i: int, segment: int, concurrency: int, warm: bool, lvl: _Level | None,
+                   sink: Callable[[RequestRecord], None] | None, scheduled: float | None = None) -> RequestRecord:
+        """One request of worker (or slot) i. `lvl`: the steady level it was sent for (its send stamp, its run of
+        failures) while that level is the one running; `sink` gets the record before on_record does."""
         idx = self._n
         self._n += 1
         self._in_flight += 1
         sent = self._starts[idx] = perf_counter()
-        if self._level is not None and sink is self._level.records:
-            self._level.stamps.append(sent)
+        if lvl is not None and lvl is self._level:
+            lvl.stamp(sent)
         try:
             try:
                 prompt = self._prompts(idx)
@@ -399,14 +457,14 @@ class LoadEngine:
             self._in_flight -= 1
             del self._starts[idx]
         rec.warmup = warm
+        rec.scheduled = scheduled  # before on_record: the .requests.jsonl line carries the schedule lag
         if rec.ok:
             self.timeline.add(rec)
             self._typical_e2el += (0.05 if self._typical_e2el else 1.0) * (rec.e2el - self._typical_e2el)
-        lvl = self._level
-        if lvl is not None and sink is lvl.records:
+        if lvl is not None and lvl is self._level:
             lvl.failing = 0 if rec.ok else lvl.failing + 1
         if sink is not None:
-            sink.append(rec)
+            sink(rec)
         if not warm and (why := self.budget.add(rec)) is not None:
             self._trip(why)
         if self._on_record is not None:

@@ -18,17 +18,18 @@ from time import perf_counter
 
 from .load import LoadEngine
 from .records import RequestRecord
-from .window import Bounds
+from .window import Bounds, WindowTally
 
 
 async def run_open(engine: LoadEngine, due: Iterable[float], *, duration: float | None = None,
                    requests: int | None = None, warmup: float = 0.0, max_concurrency: int | None = None,
                    at_window_end: Callable[[], Awaitable[object]] | None = None,
-                   ) -> tuple[list[RequestRecord], Bounds | None]:
+                   summary: WindowTally | None = None) -> tuple[list[RequestRecord], Bounds | None]:
     """Send at the times of `due` (seconds from now, non-decreasing) until the window is measured: `duration`
     seconds of due times after `warmup`, or `requests` requests (a trace: its own length). Returns every record
-    and the window (None when stopped or tripped before anything was measured). Records carry the cap (0: none)
-    as their `concurrency`: an open loop has no concurrency of its own. `at_window_end` is awaited once the
+    and the window (None when stopped or tripped before anything was measured); given a `summary`, no record:
+    each is folded into it as it finishes, and it is closed with the window. Records carry the cap (0: none) as
+    their `concurrency`: an open loop has no concurrency of its own. `at_window_end` is awaited once the
     measured requests have ended, while arrivals still go on (the headless driver scrapes the server then)."""
     if duration is None and requests is None:
         raise ValueError("run_open needs duration or requests")
@@ -52,13 +53,21 @@ async def run_open(engine: LoadEngine, due: Iterable[float], *, duration: float 
     times: Iterator[float] = iter(due)
 
     latest = [t0]  # the latest actual send of a measured request: the window's started_until
+    if summary is not None:
+        # started_until = max(until or t0, latest + 1e-9), latest growing: each value so far is a lower bound
+        summary.open(t0, max(until or t0, t0 + 1e-9))
 
     async def one(slot: int, when: float, warm: bool, counted: bool) -> None:
         try:
-            rec = await engine._one(slot, seg, max_concurrency or 0, warm, records)
-            rec.scheduled = when
+            rec = await engine._one(slot, seg, max_concurrency or 0, warm, None, None, scheduled=when)
             if counted:
                 latest[0] = max(latest[0], rec.start)
+            if summary is None:
+                records.append(rec)
+            else:
+                if counted:
+                    summary.until_at_least(latest[0] + 1e-9)
+                summary.add(rec)
         finally:
             heapq.heappush(free, slot)
             if cap is not None:
@@ -101,6 +110,10 @@ async def run_open(engine: LoadEngine, due: Iterable[float], *, duration: float 
         while measured:
             await asyncio.wait(set(measured))
         end = perf_counter()
+        # by actual send (the records' clock): a measured request that went out late is still in the window
+        bounds = Bounds(t_start, t0, end, max(until or t0, latest[0] + 1e-9), end, not stopped)
+        if summary is not None:
+            summary.close(bounds)  # before any later record: those are summed up to this end
         if at_window_end is not None and not stopped:
             await at_window_end()
         if tasks:
@@ -110,9 +123,7 @@ async def run_open(engine: LoadEngine, due: Iterable[float], *, duration: float 
             t.cancel()
     if stopped and n_measured == 0:
         return records, None
-    # by actual send (the records' clock): a measured request that went out late is still in the window
-    started_until = max(until or t0, latest[0] + 1e-9)
-    return records, Bounds(t_start, t0, end, started_until, end, not stopped)
+    return records, bounds
 
 
 def schedule_lag(records: Iterable[RequestRecord]) -> list[float]:

@@ -6,6 +6,7 @@ No numpy: the engine process stays light, and these lists are small enough for s
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -45,12 +46,16 @@ def to_ms(v: float | None) -> float | None:
 class Samples:
     """One latency's values over a level (seconds): exact in a list up to `limit` values (None: no limit), then
     folded into a LogHistogram so a long level stays flat in memory (a float in a list costs 32 B, which at C=256
-    on the simulator grew the engine by ~51 MiB/hour: bench/soak.py). limit=0: the histogram from the start."""
+    on the simulator grew the engine by ~51 MiB/hour: bench/soak.py). limit=0: the histogram from the start.
+
+    compact: the exact values in an array of doubles (8 B each, not 32) for a summary read once at the end (a
+    headless level); a live segment reads its percentiles several times a second and keeps the list, which it
+    sorts in place."""
 
     __slots__ = ("values", "hist", "limit")
 
-    def __init__(self, limit: int | None = None) -> None:
-        self.values: list[float] = []
+    def __init__(self, limit: int | None = None, compact: bool = False) -> None:
+        self.values: list[float] | array = array("d") if compact else []
         self.hist: LogHistogram | None = None
         self.limit = limit
 
@@ -73,7 +78,7 @@ class Samples:
         if self.hist is None:
             self.hist = LogHistogram()
         self.hist.add_many(self.values)
-        self.values.clear()
+        del self.values[:]
 
     def __len__(self) -> int:
         return len(self.values) + (self.hist.count if self.hist is not None else 0)
@@ -93,9 +98,12 @@ class Samples:
         xs = self.values
         if not xs:
             return Latency()
-        # sorted in place (order is not needed elsewhere): timsort on an almost-sorted list is ~linear, where
-        # nine sorted copies per second cost 88 ms of engine-loop time at 90k requests (bench/soak.py)
-        xs.sort()
+        if isinstance(xs, array):
+            xs = sorted(xs)  # compact: read once, at the level's end
+        else:
+            # sorted in place (order is not needed elsewhere): timsort on an almost-sorted list is ~linear, where
+            # nine sorted copies per second cost 88 ms of engine-loop time at 90k requests (bench/soak.py)
+            xs.sort()
         return Latency(sum(xs) / len(xs), _pct_sorted(xs, 50), _pct_sorted(xs, 90), _pct_sorted(xs, 99))
 
 
@@ -107,15 +115,15 @@ class LevelTally:
     __slots__ = ("completed", "failed", "in_tokens", "out_tokens", "estimated", "failures", "ttft", "tpot", "e2el",
                  "itl", "first_start", "last_end", "in_lens", "out_lens", "lag", "tops")
 
-    def __init__(self, exact_limit: int | None = None, itl_exact: bool = True) -> None:
+    def __init__(self, exact_limit: int | None = None, itl_exact: bool = True, compact: bool = False) -> None:
         self.completed = self.failed = self.in_tokens = self.out_tokens = self.estimated = 0
         self.failures: Counter[str] = Counter()
-        self.ttft, self.tpot, self.e2el = Samples(exact_limit), Samples(exact_limit), Samples(exact_limit)
+        self.ttft, self.tpot, self.e2el = (Samples(exact_limit, compact) for _ in range(3))
         # ITL has one value per token (tens of millions over a soak): a live segment bins it from the start
         self.itl = Samples(None if itl_exact else 0)
         self.first_start: float | None = None
         self.last_end: float | None = None
-        self.in_lens, self.out_lens, self.lag = Samples(exact_limit), Samples(exact_limit), Samples(exact_limit)
+        self.in_lens, self.out_lens, self.lag = (Samples(exact_limit, compact) for _ in range(3))
         self.tops = [0.0, 0.0, 0.0]  # the largest input length, output length and schedule lag
 
     def add(self, r: RequestRecord) -> None:
@@ -159,6 +167,18 @@ class LevelTally:
         if self.first_start is None or self.last_end is None:
             return 0.0
         return self.last_end - self.first_start
+
+
+# A headless level's per-request values stay exact up to this many each (8 B apiece: 1.6 MB per latency at the
+# limit), then fold into the log histogram as a live segment's do past its 20k; its ITLs are binned from the start
+# (one per token: hundreds per request), as live ones are: off by at most one 0.5% bin.
+HEADLESS_EXACT = 200_000
+
+
+def headless_tally() -> LevelTally:
+    """The tally of a headless steady or open-loop level (and of one interrupted): bounded in memory however
+    long the level runs."""
+    return LevelTally(HEADLESS_EXACT, itl_exact=False, compact=True)
 
 
 class Finished(NamedTuple):
