@@ -24,16 +24,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .prompts import Prompt, Sized
-
-WORDS = (
-    "the of and to in is was for on are with as by at from that this be it an or not have has but were "
-    "which their one all there can been would more will other when time two about into only new some could "
-    "these may first any then like now over such our out also most used where after made many before must "
-    "through back years much way well down should because each just those people how too little state good "
-    "very make world still own see men work long get here between both life being under never day same "
-    "another know while last might us great old year off come since against go came right take three"
-).split()
+from .prompts import WORDS, Prompt, Sized
 
 _SWAPS = ("a", "of", "the", "from", "which", "through", "against", "between")  # 1 to 7 letters
 Count = Callable[[Prompt], Awaitable[int | None]]  # the server's token count of what would be sent (None: unknown)

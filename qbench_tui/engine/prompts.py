@@ -23,7 +23,7 @@ class Sized(NamedTuple):
 Prompt = str | list | Sized  # a plain prompt, a list of chat messages, or either with its own max_tokens
 
 # Words of about one token each for common BPE tokenizers, so "N words" is roughly "N tokens".
-_WORDS = (
+WORDS = (
     "the of and to in is was for on are with as by at from that this be it an or not have has but were "
     "which their one all there can been would more will other when time two about into only new some could "
     "these may first any then like now over such our out also most used where after made many before must "
@@ -39,7 +39,7 @@ class PromptError(ValueError):
 
 def synthetic_prompt(n_tokens: int, seed: int = 0) -> str:
     rng = random.Random(seed)
-    return " ".join(rng.choice(_WORDS) for _ in range(max(1, n_tokens)))
+    return " ".join(rng.choice(WORDS) for _ in range(max(1, n_tokens)))
 
 
 def load_prompts(path: str) -> list[Prompt]:
@@ -131,7 +131,7 @@ def make_prompt_source(prompt: str, prompts_file: str = "", prompt_len: int = 0,
 
     def unique(i: int) -> Prompt:
         rng = random.Random(f"{seed}:{i}")
-        prefix = f"[{rng.getrandbits(64):016x}] " + " ".join(rng.choice(_WORDS) for _ in range(24)) + "\n"
+        prefix = f"[{rng.getrandbits(64):016x}] " + " ".join(rng.choice(WORDS) for _ in range(24)) + "\n"
         base = pool[i % len(pool)]
         if isinstance(base, Sized):
             return Sized(_prefixed(prefix, base.prompt), base.max_tokens)
