@@ -55,8 +55,9 @@ def parse_retry_after(value: str, now_wall: float) -> float | None:
 
 
 def backs_off(rec: RequestRecord) -> bool:
-    """A failure in which the server produced no token: the kind that loops instantly."""
-    return not rec.ok and rec.ttft is None
+    """A failure in which the server produced no token: the kind that loops instantly. A refused request was
+    never sent: the server said nothing, so there is nothing to back off from."""
+    return not rec.ok and rec.ttft is None and not rec.refused
 
 
 def jitter_ceiling(n: int, base: float = BASE_S, cap: float = CAP_S) -> float:

@@ -26,6 +26,7 @@ from time import perf_counter
 from qbench_tui.engine.backoff import Backoff
 from qbench_tui.engine.budget import ErrorBudget
 from qbench_tui.engine.http1 import RawClient, make_ssl_context
+from qbench_tui.engine.prompts import Refused
 from qbench_tui.engine.records import RequestRecord, RequestSpec
 from qbench_tui.engine.request import make_client, stream_request
 from qbench_tui.engine.settle import Settler, SettleRule
@@ -451,8 +452,14 @@ class LoadEngine:
                 rec = RequestRecord(ok=False, segment=segment, concurrency=concurrency, worker=i, start=now,
                                     end=now, error=f"prompt error: {type(e).__name__}: {e}")
             else:
-                rec = await stream_request(self._client(i), self.spec, prompt, segment=segment,
-                                           concurrency=concurrency, worker=i)
+                if isinstance(prompt, Refused):  # counted, named, never sent
+                    now = perf_counter()
+                    rec = RequestRecord(ok=False, segment=segment, concurrency=concurrency, worker=i, start=now,
+                                        end=now, error=prompt.reason, refused=True)
+                    await asyncio.sleep(0)  # a closed loop of refusals must still let the loop run
+                else:
+                    rec = await stream_request(self._client(i), self.spec, prompt, segment=segment,
+                                               concurrency=concurrency, worker=i)
         finally:
             self._in_flight -= 1
             del self._starts[idx]
@@ -462,10 +469,10 @@ class LoadEngine:
             self.timeline.add(rec)
             self._typical_e2el += (0.05 if self._typical_e2el else 1.0) * (rec.e2el - self._typical_e2el)
         if lvl is not None and lvl is self._level:
-            lvl.failing = 0 if rec.ok else lvl.failing + 1
+            lvl.failing = 0 if rec.ok else lvl.failing + (not rec.refused)
         if sink is not None:
             sink(rec)
-        if not warm and (why := self.budget.add(rec)) is not None:
+        if not warm and not rec.refused and (why := self.budget.add(rec)) is not None:
             self._trip(why)
         if self._on_record is not None:
             try:

@@ -20,6 +20,13 @@ class Sized(NamedTuple):
     max_tokens: int
 
 
+class Refused(NamedTuple):
+    """What a prompt source returns for a request it will not send (the engine records it as refused, unsent):
+    e.g. a trace entry whose prompt and output cannot fit the server's max_model_len. `reason` is one line."""
+
+    reason: str
+
+
 Prompt = str | list | Sized  # a plain prompt, a list of chat messages, or either with its own max_tokens
 
 # Words of about one token each for common BPE tokenizers, so "N words" is roughly "N tokens".

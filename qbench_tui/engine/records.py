@@ -35,6 +35,11 @@ class RequestRecord:
     warmup: bool = False  # steady mode: started during warm-up, excluded from statistics
     retry_after: float | None = None  # seconds an error response's Retry-After asked for (engine/backoff.py)
     scheduled: float | None = None  # open loop: perf_counter when it was due (engine/open_loop.py); None: closed
+    turn: int = 0  # multi-turn (engine/conversations.py): 1-based turn of its conversation; 0: not a conversation
+    conversation: int = -1  # which conversation (-1: none)
+    # never sent: the prompt source refused it (e.g. prompt + output over the server's max_model_len); `error`
+    # says why. Counted in a level's `refused`, not in `failed`, and never fed to the error budget
+    refused: bool = False
 
     @property
     def e2el(self) -> float:
@@ -68,6 +73,9 @@ class RequestRecord:
             "warmup": self.warmup,
             "retry_after_s": self.retry_after,
             "schedule_lag_s": None if self.scheduled is None else round(max(0.0, self.start - self.scheduled), 6),
+            "turn": self.turn,
+            "conversation": self.conversation,
+            "refused": self.refused,
         }
 
 

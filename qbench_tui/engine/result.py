@@ -65,6 +65,26 @@ class Dist:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnStat:
+    """One turn of multi-turn conversations over a level (engine/conversations.py): how many ok requests were that
+    turn, their TTFT, and their prompt tokens (growing with the history each turn carries)."""
+
+    turn: int
+    requests: int = 0
+    ttft: Latency = field(default_factory=Latency)
+    input_tokens_mean: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"turn": self.turn, "requests": self.requests, **self.ttft.to_json("ttft"),
+                "mean_input_tokens": self.input_tokens_mean}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TurnStat:
+        return cls(int(d.get("turn") or 0), d.get("requests") or 0, Latency.from_json(d, "ttft"),
+                   d.get("mean_input_tokens"))
+
+
+@dataclass(frozen=True, slots=True)
 class ServerLevel:
     """The server's side of one level, from its /metrics: counter deltas and gauge maxima over the level."""
 
@@ -249,6 +269,10 @@ class LevelResult:
     request_rate: float | None = None
     burstiness: float | None = None
     schedule_lag: Dist | None = None  # seconds
+    # requests the prompt source refused before sending (RequestRecord.refused), by reason in `refused_reasons`
+    refused: int = 0
+    refused_reasons: dict[str, int] = field(default_factory=dict)
+    turns: tuple[TurnStat, ...] = ()  # multi-turn: one per turn seen, in turn order
 
     @property
     def behind_schedule(self) -> bool:
@@ -307,6 +331,11 @@ class LevelResult:
             d["request_rate"] = self.request_rate
             d["burstiness"] = self.burstiness
             d["schedule_lag_ms"] = None if self.schedule_lag is None else self.schedule_lag.to_json(1000.0)
+        if self.refused:
+            d["refused"] = self.refused
+            d["refused_reasons"] = dict(self.refused_reasons)
+        if self.turns:
+            d["turns"] = [t.to_json() for t in self.turns]
         return d
 
     @classmethod
@@ -328,4 +357,6 @@ class LevelResult:
             input_lens=Dist.from_json(d.get("input_lens")), output_lens=Dist.from_json(d.get("output_lens")),
             request_rate=d.get("request_rate"), burstiness=d.get("burstiness"),
             schedule_lag=Dist.from_json(d.get("schedule_lag_ms"), 1000.0),
+            refused=d.get("refused") or 0, refused_reasons=dict(d.get("refused_reasons") or {}),
+            turns=tuple(TurnStat.from_json(t) for t in d.get("turns") or ()),
         )

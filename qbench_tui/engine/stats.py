@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from qbench_tui.engine.histogram import LogHistogram
 from qbench_tui.engine.records import RequestRecord
-from qbench_tui.engine.result import ClientLevel, Dist, Latency, LevelResult
+from qbench_tui.engine.result import ClientLevel, Dist, Latency, LevelResult, TurnStat
 from qbench_tui.engine.snapshot import LatencyView
 
 
@@ -113,7 +113,8 @@ class LevelTally:
     `failed` and `failures` only."""
 
     __slots__ = ("completed", "failed", "in_tokens", "out_tokens", "estimated", "failures", "ttft", "tpot", "e2el",
-                 "itl", "first_start", "last_end", "in_lens", "out_lens", "lag", "tops")
+                 "itl", "first_start", "last_end", "in_lens", "out_lens", "lag", "tops", "refused", "refused_reasons",
+                 "turns", "_limits")
 
     def __init__(self, exact_limit: int | None = None, itl_exact: bool = True, compact: bool = False) -> None:
         self.completed = self.failed = self.in_tokens = self.out_tokens = self.estimated = 0
@@ -125,9 +126,17 @@ class LevelTally:
         self.last_end: float | None = None
         self.in_lens, self.out_lens, self.lag = (Samples(exact_limit, compact) for _ in range(3))
         self.tops = [0.0, 0.0, 0.0]  # the largest input length, output length and schedule lag
+        self.refused = 0
+        self.refused_reasons: Counter[str] = Counter()
+        self.turns: dict[int, list] = {}  # turn -> [ok requests, TTFT samples, prompt tokens]
+        self._limits = (exact_limit, compact)
 
     def add(self, r: RequestRecord) -> None:
         if r.warmup:
+            return
+        if r.refused:  # never sent: no time, no tokens, not a failure of the server
+            self.refused += 1
+            self.refused_reasons[r.error or "refused"] += 1
             return
         if r.scheduled is not None:  # open loop: a failed request was late too
             lag = max(0.0, r.start - r.scheduled)
@@ -155,6 +164,18 @@ class LevelTally:
         self.e2el.add(r.e2el)
         if r.itl:
             self.itl.extend(r.itl)
+        if r.turn:
+            t = self.turns.get(r.turn)
+            if t is None:
+                t = self.turns[r.turn] = [0, Samples(*self._limits), 0]
+            t[0] += 1
+            if r.ttft is not None:
+                t[1].add(r.ttft)
+            t[2] += r.in_tokens
+
+    def turn_stats(self) -> tuple[TurnStat, ...]:
+        return tuple(TurnStat(k, n, ttft.latency(), (tokens / n) if n else None)
+                     for k, (n, ttft, tokens) in sorted(self.turns.items()))
 
     def add_all(self, records: Iterable[RequestRecord]) -> LevelTally:
         for r in records:
@@ -207,7 +228,8 @@ def level_result(tally: LevelTally, duration_s: float, max_concurrency: int | No
         ttft=tally.ttft.latency(), tpot=tally.tpot.latency(), itl=tally.itl.latency(), e2el=tally.e2el.latency(),
         failures=dict(tally.failures.most_common()), tokens_estimated=tally.estimated,
         input_lens=tally.in_lens.dist(tally.tops[0]), output_lens=tally.out_lens.dist(tally.tops[1]),
-        schedule_lag=tally.lag.dist(tally.tops[2]), **context,
+        schedule_lag=tally.lag.dist(tally.tops[2]), refused=tally.refused,
+        refused_reasons=dict(tally.refused_reasons.most_common()), turns=tally.turn_stats(), **context,
     )
 
 
