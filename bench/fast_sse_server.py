@@ -12,6 +12,10 @@ several events per read, which flatters a slow client: use a paced step to compa
 
 Also answers GET /health (200) and GET /metrics (vllm:generation_tokens_total only).
 
+--record-truth FILE: one JSON line per finished stream in the simulator's --record-truth layout (bench/fidelity.py
+reads both): arrival_perf (perf_counter when the request was parsed), chunks [[perf, 0, tokens], ...] stamped at
+each write, completion_tokens, client_port. perf_counter is CLOCK_MONOTONIC, the same clock in every process here.
+
     .venv/bin/python bench/fast_sse_server.py --port 0 [--tokens 200] [--step-ms 10]
 prints "LISTENING <port>" on stdout once it accepts connections.
 """
@@ -64,7 +68,8 @@ def _plain(status: str, body: bytes, ctype: bytes = b"text/plain") -> bytes:
 
 
 class Server:
-    def __init__(self, tokens: int, step_s: float) -> None:
+    def __init__(self, tokens: int, step_s: float, truth=None) -> None:
+        self.truth = truth  # an open file, or None
         self.tokens = tokens
         self.step_s = step_s
         self.active: list[Stream] = []
@@ -95,7 +100,7 @@ class Server:
 
 
 class Stream:
-    __slots__ = ("conn", "left", "n", "usage", "first")
+    __slots__ = ("conn", "left", "n", "usage", "first", "arrival", "stamps")
 
     def __init__(self, conn: Conn, n: int, prompt: int) -> None:
         self.conn = conn
@@ -103,6 +108,8 @@ class Stream:
         self.left = n
         self.usage = _usage(prompt, n)
         self.first = True
+        self.arrival = perf_counter()
+        self.stamps: list[float] | None = [] if conn.srv.truth is not None else None
 
     def step(self) -> bool:
         conn = self.conn
@@ -117,13 +124,25 @@ class Stream:
         conn.srv.generated += 1
         if self.left > 0:
             w(CONTENT)
+            if self.stamps is not None:
+                self.stamps.append(perf_counter())
             return True
         w(LAST)
         w(self.usage)
         w(DONE)
+        if self.stamps is not None:
+            self.stamps.append(perf_counter())
+            self.write_truth()
         conn.stream = None
         conn.parse()  # a request that arrived while streaming (none expected, but keep-alive allows it)
         return False
+
+
+    def write_truth(self) -> None:
+        peer = self.conn.t.get_extra_info("peername") or ("", -1)
+        self.conn.srv.truth.write(json.dumps({
+            "status": "ok", "completion_tokens": self.n, "arrival_perf": self.arrival, "client_port": peer[1],
+            "chunks": [[t, 0, 1] for t in self.stamps]}, separators=(",", ":")) + "\n")
 
 
 class Conn(asyncio.Protocol):
@@ -197,8 +216,9 @@ class Conn(asyncio.Protocol):
             self.t.write(_plain("404 Not Found", b"not found"))
 
 
-async def serve(host: str, port: int, tokens: int, step_s: float) -> None:
-    srv = Server(tokens, step_s)
+async def serve(host: str, port: int, tokens: int, step_s: float, truth_path: str = "") -> None:
+    truth = open(truth_path, "w", buffering=1 << 20) if truth_path else None
+    srv = Server(tokens, step_s, truth)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Conn(srv), host, port, backlog=4096)
     sock_port = server.sockets[0].getsockname()[1]
@@ -212,6 +232,8 @@ async def serve(host: str, port: int, tokens: int, step_s: float) -> None:
     finally:
         task.cancel()
         server.close()
+        if truth is not None:
+            truth.close()
 
 
 def main() -> None:
@@ -221,6 +243,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=200, help="tokens per request when the body sets none")
     ap.add_argument("--step-ms", type=float, default=10.0,
                     help="one token per active stream every STEP ms (0: as fast as possible)")
+    ap.add_argument("--record-truth", default="", metavar="FILE", help="per-stream write stamps (JSONL)")
     a = ap.parse_args()
     try:
         import uvloop
@@ -228,7 +251,7 @@ def main() -> None:
         runner = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    runner(serve(a.host, a.port, a.tokens, a.step_ms / 1000.0))
+    runner(serve(a.host, a.port, a.tokens, a.step_ms / 1000.0, a.record_truth))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,10 @@ class LoadConfig:
     prefix_groups: int = 1
     num_prompts: int = 1000  # distinct prompts in a shaped dataset, used in turn
     seed: int = 0
+    # multi-turn conversations (engine/conversations.py): turns per conversation (1: single requests) and the
+    # seconds a user waits between turns
+    turns: int = 1
+    think_time: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,12 @@ class SweepConfig:
     slo: str = ""  # "ttft_p99=2s,itl_p99=100ms" (engine/slo.py); "" = none
     hold: float = 0.0  # seconds to stay at the found level after the ladder (a demo or soak at the knee)
     knee_share: float = 0.9  # the knee: the lowest level within this share of the peak throughput
+    # open-loop sweeps (commands/sweep_rates.py): the offered rates in requests/s, or with `auto` the rate ladder
+    # (engine/rate_ladder.py) from `request_rate` up to `max_request_rate`; gamma arrivals of shape `burstiness`
+    request_rates: tuple[float, ...] = ()
+    request_rate: float = 0.0  # 0: no rate ladder
+    max_request_rate: float = 1024.0
+    burstiness: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +107,28 @@ class ReportConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """Past one endpoint and one client process (issue #15): several endpoints, where the server's metrics come
+    from, qbench's own exporter, client shards. `[[targets]]` tables (url, optional metrics_url) fill urls."""
+
+    urls: tuple[str, ...] = ()  # every endpoint the load goes to when more than one (the first is load.url)
+    balance: str = "round-robin"
+    metrics_urls: tuple[str, ...] = ()  # replicas whose /metrics are summed (behind a router)
+    prometheus: str = ""  # read the server's view through PromQL here instead of scraping
+    prometheus_selector: str = ""
+    metrics_port: int = 0  # >0: serve qbench's client metrics for Prometheus on this port
+    metrics_host: str = "127.0.0.1"
+    client_procs: int = 0  # client processes doing the HTTP; 0: automatic (engine/shards.default_procs)
+    ray: str = ""  # a Ray cluster's address: the shards run there as actors
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     load: LoadConfig = field(default_factory=LoadConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     path: str = ""  # the TOML file, "" when none
     # ("load.max_tokens", "file:x.toml"), ... for every value not left at its default: origins, never values;
     # results files carry them as "config_sources" so a number can be traced to the flag or file that set it
@@ -113,8 +140,10 @@ class Config:
         return dict(self.sources).get(key, "default")
 
 
-_SECTIONS = {"server": ServerConfig, "load": LoadConfig, "sweep": SweepConfig, "report": ReportConfig}
-_ENUMS = {"load.endpoint": ("chat", "completions"), "sweep.mode": ("wave", "steady")}
+_SECTIONS = {"server": ServerConfig, "load": LoadConfig, "sweep": SweepConfig, "report": ReportConfig,
+             "fleet": FleetConfig}
+_ENUMS = {"load.endpoint": ("chat", "completions"), "sweep.mode": ("wave", "steady"),
+          "fleet.balance": ("round-robin", "least-busy")}
 
 
 def _expected(typ: Any) -> str:
@@ -168,6 +197,12 @@ def _coerce(where: str, key: str, ftype: str, value: Any) -> Any:
         if not isinstance(value, (list, tuple)) or not value:
             raise ConfigError(f"{where}: '{key}' must be a non-empty list of integers, got {value!r}")
         return tuple(_coerce(where, key, "int", v) for v in value)
+    if ftype == "tuple[float, ...]":
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{where}: '{key}' must be a non-empty list of numbers, got {value!r}")
+        return tuple(_coerce(where, key, "float", v) for v in value)
     if ftype == "tuple[str, ...]":
         if isinstance(value, str):
             import shlex
@@ -194,17 +229,28 @@ def _check_range(where: str, section: str, key: str, value: Any) -> None:
         raise ConfigError(f"{where}: '{key}' must be one of {', '.join(_ENUMS[full])}, got {value!r}")
     positive = {"load.max_tokens", "sweep.levels", "server.port", "load.timeout", "load.window_s",
                 "server.startup_timeout", "sweep.start", "sweep.max_concurrency", "sweep.budget",
-                "load.prefix_groups", "load.num_prompts"}
+                "load.prefix_groups", "load.num_prompts", "load.turns"}
     non_negative = {"load.concurrency", "load.prompt_len", "sweep.duration", "sweep.requests", "sweep.warmup",
                     "sweep.hold", "load.max_consecutive_failures", "load.random_input_len",
-                    "load.random_output_len", "load.shared_prefix_len", "load.seed"}
+                    "load.random_output_len", "load.shared_prefix_len", "load.seed", "load.think_time",
+                    "fleet.metrics_port", "fleet.client_procs"}
     vals = value if isinstance(value, tuple) and full == "sweep.levels" else (value,)
     for v in vals:
         if full in positive and v <= 0:
             raise ConfigError(f"{where}: '{key}' must be > 0, got {value!r}")
         if full in non_negative and v < 0:
             raise ConfigError(f"{where}: '{key}' must be >= 0, got {value!r}")
-    if full == "server.port" and value > 65535:
+    if full in ("sweep.request_rates", "sweep.max_request_rate", "sweep.burstiness"):
+        for v in value if isinstance(value, tuple) else (value,):
+            if v <= 0:
+                unit = " (1 = Poisson)" if key == "burstiness" else " (requests/s)"
+                raise ConfigError(f"{where}: '{key}' must be > 0{unit}, got {v:g}")
+        if isinstance(value, tuple) and len(set(value)) < len(value):
+            dup = next(v for v in value if value.count(v) > 1)
+            raise ConfigError(f"{where}: '{key}' names {dup:g} twice: give each rate once")
+    if full == "sweep.request_rate" and value < 0:
+        raise ConfigError(f"{where}: 'request_rate' must be > 0 (requests/s), got {value:g}")
+    if full in ("server.port", "fleet.metrics_port") and value > 65535:
         raise ConfigError(f"{where}: 'port' must be <= 65535, got {value!r}")
     if full == "load.max_error_rate" and not 0 <= value <= 1:
         raise ConfigError(f"{where}: 'max_error_rate' must be between 0 and 1, got {value!r}")
@@ -322,10 +368,50 @@ def _apply(cfg_parts: dict[str, dict[str, Any]], sources: dict[str, str], sectio
         coerced, note = check_url(coerced, where)
         if note:
             notes[f"{section}.{key}"] = note
+    if section == "fleet" and key == "urls" and coerced:
+        checked = [check_url(u, where)[0] for u in coerced]
+        seen: set[str] = set()
+        for u in checked:
+            if u in seen:
+                raise ConfigError(f"{where}: {u} is given twice: each endpoint once")
+            seen.add(u)
+        coerced = tuple(checked)
+    if section == "fleet" and key == "prometheus" and coerced:
+        coerced = check_url(coerced, where)[0]
     if section == "load" and key == "ca_cert" and coerced:
         coerced = check_ca_file(coerced, where)
     cfg_parts[section][key] = coerced
     sources[f"{section}.{key}"] = origin
+
+
+def _targets_table(data: dict, p: Path) -> dict:
+    """`[[targets]]` (url, optional metrics_url) folded into [fleet] urls / metrics_urls and, unless [load] has
+    one, load.url: the first target is the one models and the tokenizer are asked about."""
+    targets = data.pop("targets")
+    where = f"{p} [[targets]]"
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, dict) for t in targets):
+        raise ConfigError(f"{where}: give one [[targets]] table per endpoint, each with url = \"http://...\"")
+    urls, metrics = [], []
+    for i, t in enumerate(targets):
+        unknown = set(t) - {"url", "metrics_url"}
+        if unknown:
+            raise ConfigError(f"{where} #{i + 1}: unknown key '{sorted(unknown)[0]}' (a target has url and "
+                              "metrics_url)")
+        if not isinstance(t.get("url"), str) or not t["url"]:
+            raise ConfigError(f"{where} #{i + 1}: url = \"http://host:port\" is missing")
+        urls.append(t["url"])
+        if t.get("metrics_url"):
+            metrics.append(t["metrics_url"])
+    data = dict(data)
+    fleet = dict(data.get("fleet") or {})
+    fleet.setdefault("urls", urls)
+    if metrics:
+        fleet.setdefault("metrics_urls", metrics)
+    data["fleet"] = fleet
+    load = dict(data.get("load") or {})
+    load.setdefault("url", urls[0])
+    data["load"] = load
+    return data
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -347,6 +433,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
             data = tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        if "targets" in data:
+            data = _targets_table(data, p)
         for section, table in data.items():
             if section not in _SECTIONS:
                 raise ConfigError(f"{p}: unknown section [{section}]{_suggest(section, list(_SECTIONS))}")
@@ -358,13 +446,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         if value is None:
             continue
         section, _, key = dotted.partition(".")
-        flag = "--" + key.replace("_", "-")
+        flag = {"fleet.urls": "--url", "fleet.metrics_urls": "--metrics-url"}.get(dotted,
+                                                                                 "--" + key.replace("_", "-"))
         _apply(parts, sources, section, key, value, f"command line {flag}", "cli", notes)
     cfg = Config(
         server=ServerConfig(**parts["server"]),
         load=LoadConfig(**parts["load"]),
         sweep=SweepConfig(**parts["sweep"]),
         report=ReportConfig(**parts["report"]),
+        fleet=FleetConfig(**parts["fleet"]),
         path=where_file,
         sources=tuple(sorted(sources.items())),
         notes=tuple(notes.values()),

@@ -21,15 +21,19 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from .engine.exporter import ClientMetrics
 from .engine.load import LoadEngine
 from .engine.metrics_parse import ServerSample, parse_metrics
 from .engine.openai_stream import error_message
+from .engine.prom_level import with_promql
+from .engine.promql import PromSource
 from .engine.records import RequestRecord, RequestSpec
 from .engine.result import ClientLevel, LevelResult, ServerLevel, server_level
 from .engine.server_poll import fetch_info, side_client
 from .engine.server_series import ServerSeries
 from .engine.settle import CV_MAX, SETTLE_MAX_S, SettleRule
 from .engine.stats import ClientTally, LevelTally, headless_tally, level_result
+from .engine.targets import with_endpoints
 from .engine.window import WAVE_RULE, Bounds, Clocks, WindowTally, steady_rule, summarize_window
 
 
@@ -84,11 +88,21 @@ class ServerWatch:
     series: ServerSeries = field(default_factory=lambda: ServerSeries(maxlen=172_800))  # a day at 2 Hz
     ca_cert: str = ""  # the load's own TLS trust (side_client: no proxy from the environment either)
     insecure: bool = False
+    # --metrics-url replicas (engine/metrics_sources.MultiScrape) or --prometheus (engine/promql.PromSource):
+    # `await source.read()` -> (summed ServerSample or None, error line); None: scrape `url`'s own /metrics
+    source: object | None = None
     schema: str = "none"
     error: str = ""
     _task: asyncio.Task | None = None
 
-    async def scrape(self, client: httpx.AsyncClient) -> ServerSample | None:
+    async def scrape(self, client: httpx.AsyncClient | None) -> ServerSample | None:
+        if self.source is not None:
+            s, self.error = await self.source.read()  # type: ignore[attr-defined]
+            if s is None:
+                return None
+            self.schema = s.schema
+            self.series.add(s)
+            return s
         try:
             r = await client.get("/metrics")
         except httpx.HTTPError as e:
@@ -108,6 +122,11 @@ class ServerWatch:
         return s
 
     async def _loop(self) -> None:
+        if self.source is not None:
+            while True:
+                t0 = time.monotonic()
+                await self.scrape(None)
+                await asyncio.sleep(max(0.0, self.period - (time.monotonic() - t0)))
         async with self._side() as client:
             self._client = client
             while True:
@@ -119,6 +138,8 @@ class ServerWatch:
         self._task = asyncio.create_task(self._loop())
 
     async def boundary(self) -> ServerSample | None:
+        if self.source is not None:
+            return await self.scrape(None)
         async with self._side() as client:
             return await self.scrape(client)
 
@@ -127,6 +148,8 @@ class ServerWatch:
 
     async def stop(self) -> None:
         await _cancel(self._task)
+        if self.source is not None:
+            await self.source.aclose()  # type: ignore[attr-defined]
 
     def between(self, a: ServerSample | None, b: ServerSample | None) -> ServerLevel | None:
         """Server stats over one level: deltas from the boundary samples and every sample between them, maxima
@@ -145,6 +168,7 @@ class ClientWatch:
 
     def __init__(self) -> None:
         self._task: asyncio.Task | None = None
+        self.lag_s = 0.0  # the worst wake-up delay of the last full second (the exporter's loop-lag gauge)
         self.begin()
 
     def begin(self) -> None:
@@ -173,6 +197,7 @@ class ClientWatch:
             self._ticks += 1
             if now - self._sec_t0 >= 1.0:
                 self._tally.add(None, self._sec_max)
+                self.lag_s = self._sec_max / 1000.0
                 self._sec_t0, self._sec_max, self._ticks = now, 0.0, 0
 
     def start(self) -> None:
@@ -297,7 +322,9 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: P
                    on_level: Callable[[LevelResult, list[RequestRecord]], None] | None = None,
                    should_stop: Callable[[], str | None] | None = None,
                    on_record: Callable[[RequestRecord, int], None] | None = None,
-                   stop: StopFlag | None = None) -> tuple[list[LevelResult], str | None]:
+                   stop: StopFlag | None = None, metrics_source: object | None = None,
+                   exporter: ClientMetrics | None = None, sender=None,
+                   targets=None) -> tuple[list[LevelResult], str | None]:
     """Runs the levels in order. Returns (level results, reason it stopped early or None).
 
     `plans`: the levels, or a function that is given the levels measured so far and returns the next one (None
@@ -313,7 +340,7 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: P
     interrupted level (summed up as they finished; every one went to on_record).
     """
     headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
-    watch = ServerWatch(spec.url, headers, ca_cert=spec.ca_cert, insecure=spec.insecure)
+    watch = ServerWatch(spec.url, headers, ca_cert=spec.ca_cert, insecure=spec.insecure, source=metrics_source)
     watch.start()
     client = ClientWatch()
     client.start()
@@ -325,12 +352,18 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: P
 
     def finished(rec: RequestRecord) -> None:
         everything[0].add(rec)
+        if exporter is not None:
+            exporter.observe(rec)
         if not rec.ok and rec.status is not None:
             answered[0] += 1
         if on_record is not None:
             on_record(rec, level_c[0])
 
-    engine = LoadEngine(spec, prompts, on_record=finished)
+    # sender: client shards doing the HTTP (engine/shards.py); targets: several endpoints (engine/targets.py)
+    engine = LoadEngine(spec, prompts, on_record=finished, sender=sender, targets=targets)
+    if exporter is not None:
+        exporter.set_gauges(in_flight=lambda: engine.in_flight, target=lambda: engine.target,
+                            loop_lag_s=lambda: client.lag_s)
     clocks = Clocks.now()
     results: list[LevelResult] = []
     stopped: str | None = None
@@ -394,6 +427,7 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: P
                 lv = summarize_interrupted(everything[0], plan, clocks, client=client.end(),
                                            server=server_level(watch.series, before.t if before else None),
                                            server_metrics=metrics_note())
+                lv = with_endpoints(lv, targets) if targets is not None else lv
                 results.append(lv)
                 if on_level:
                     on_level(lv, [])
@@ -416,6 +450,9 @@ async def run_plan(spec: RequestSpec, prompts: Callable[[int], object], plans: P
             if plan.mode != "wave" and getattr(engine, "tripped", None):
                 lv.interrupted = True  # the budget ended it early: measured, but not for as long as planned
             watch.series.clear()  # this level's samples are summed up; the next level starts at its own boundary
+            lv = with_endpoints(lv, targets) if targets is not None else lv
+            if isinstance(metrics_source, PromSource):
+                lv = await unless_stopped(with_promql(metrics_source, lv)) or lv
             results.append(lv)
             if on_level:
                 on_level(lv, records)

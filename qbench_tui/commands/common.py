@@ -3,6 +3,7 @@ server (a URL, or one launched for the command), model discovery, the event loop
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sys
 from typing import Any
@@ -20,14 +21,23 @@ def err(msg: str) -> None:
     print(f"qbench: {msg}", file=sys.stderr)
 
 
-def add_target(p: argparse.ArgumentParser, launch: bool = True) -> None:
-    p.add_argument("--url", help="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8001")
+def add_target(p: argparse.ArgumentParser, launch: bool = True, many: bool = False) -> None:
+    """many: --url repeatable (several endpoints under one load, commands/fleet.py) and the fleet flags."""
+    if many:
+        p.add_argument("--url", action="append", help="base URL of an OpenAI-compatible server, e.g. "
+                                                      "http://127.0.0.1:8001; repeat it to spread the load")
+    else:
+        p.add_argument("--url", help="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8001")
     if launch:
         p.add_argument("--launch", metavar="CONFIG", help="launch `vllm serve` from CONFIG's [server], then run")
         p.add_argument("--vllm-bin", help="vllm executable (default: `vllm` on PATH or [server] vllm_bin)")
     p.add_argument("--config", metavar="FILE", help="TOML config ([server], [load], [sweep]); flags win")
     p.add_argument("--api-key", help="Bearer token (default: $QBENCH_API_KEY or $OPENAI_API_KEY); never written out")
     add_tls(p)
+    if many:
+        from .fleet import add_fleet
+
+        add_fleet(p)
 
 
 def add_tls(p: argparse.ArgumentParser) -> None:
@@ -57,23 +67,28 @@ def add_load(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-consecutive-failures", type=int, metavar="N",
                    help="stop the load after N failures in a row with no success (default 0: automatic, "
                         "max(20, 2 x concurrency))")
+    from .turns import add_turns
     from .workload import add_dataset
 
     add_dataset(p)
+    add_turns(p)
 
 
 LOAD_KEYS = ("url", "model", "endpoint", "prompt", "prompts_file", "prompt_len", "unique_prefix", "max_tokens",
               "ignore_eos", "temperature", "timeout", "max_error_rate", "max_consecutive_failures", "ca_cert",
               "insecure", "random_input_len", "random_output_len", "random_range_ratio", "shared_prefix_len",
-              "prefix_groups", "num_prompts", "seed")
+              "prefix_groups", "num_prompts", "seed", "turns", "think_time")
 # flags some commands have that no config key holds: checked here so that every command refuses them alike
 _OTHER_NUMBERS = {"duration": True, "warmup": False, "requests": True}  # name: must be > 0 (else >= 0)
 
 
 def config_from(args: argparse.Namespace, extra: dict[str, Any] | None = None):
     from ..config import ConfigError, check_flag, load_config
+    from . import fleet
 
+    fleet_overrides = fleet.overrides(args)  # first: a repeated --url leaves args.url its first
     overrides = {f"load.{k}": getattr(args, k, None) for k in LOAD_KEYS}
+    overrides.update(fleet_overrides)
     overrides.update(extra or {})
     if getattr(args, "vllm_bin", None):
         overrides["server.vllm_bin"] = args.vllm_bin
@@ -94,7 +109,32 @@ def config_from(args: argparse.Namespace, extra: dict[str, Any] | None = None):
     warn_about_target(cfg.load.url, resolve_api_key(getattr(args, "api_key", None))[0], cfg.load.insecure)
     _prompts(cfg.load.prompt, cfg.load.prompts_file, cfg.load.prompt_len, cfg.load.unique_prefix)
     _shape(cfg)  # a shape that cannot be built stops here, before a server is launched
+    from . import turns
+
+    try:
+        turns.check(args, cfg)
+    except turns.Usage as e:
+        raise Usage(str(e)) from None
+    try:
+        fleet.check(args, cfg)
+    except fleet.Usage as e:
+        raise Usage(str(e)) from None
     return cfg
+
+
+@contextlib.asynccontextmanager
+async def fleet_parts(cfg, spec, concurrency: int, api_key: str | None):
+    """commands/fleet.parts with its errors as this module's (Usage: exit 2, Unreachable: exit 1)."""
+    from . import fleet
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with fleet.parts(cfg, spec, concurrency, headers, fleet.stderr_say) as kw:
+            yield kw
+    except fleet.Usage as e:
+        raise Usage(str(e)) from None
+    except fleet.Unreachable as e:
+        raise Unreachable(str(e)) from None
 
 
 def _shape(cfg):
@@ -147,7 +187,9 @@ def _not_utf8(path: str) -> str:
 
 
 def spec_and_prompts(cfg, url: str, model: str, api_key: str | None):
-    from . import workload
+    """The request spec and the prompt source: a shaped dataset or a plain source, in conversations with
+    `--turns K` (commands/turns.py)."""
+    from . import turns, workload
 
     lc = cfg.load
     if (shape := _shape(cfg)) is not None:
@@ -155,8 +197,18 @@ def spec_and_prompts(cfg, url: str, model: str, api_key: str | None):
             prompts = workload.build_dataset_prompts(cfg, shape, url, model, api_key)
         except workload.Usage as e:
             raise Usage(str(e)) from None
-        return request_spec(cfg, url, model, api_key), prompts
-    prompts = _prompts(lc.prompt, lc.prompts_file, lc.prompt_len, lc.unique_prefix)
+    else:
+        prompts = _prompts(lc.prompt, lc.prompts_file, lc.prompt_len, lc.unique_prefix)
+        if lc.prompts_file:
+            try:
+                prompts = workload.check_file_prompts(cfg, prompts, url, model, api_key)
+            except workload.Usage as e:
+                raise Usage(str(e)) from None
+    if lc.turns > 1:
+        try:
+            prompts = turns.conversations(cfg, prompts, url, model, api_key)
+        except turns.Usage as e:
+            raise Usage(str(e)) from None
     return request_spec(cfg, url, model, api_key), prompts
 
 
@@ -174,9 +226,13 @@ def prompt_source(cfg) -> str:
     from ..engine.prompts import describe_source
     from .workload import describe_shape
 
-    if (shape := _shape(cfg)) is not None:
-        return describe_shape(shape)
-    return describe_source(cfg.load.prompts_file, cfg.load.prompt_len)
+    lc = cfg.load
+    what = describe_shape(shape) if (shape := _shape(cfg)) is not None else \
+        describe_source(lc.prompts_file, lc.prompt_len)
+    if lc.turns > 1:
+        think = f", think time {lc.think_time:g} s" if lc.think_time else ""
+        what += f"; conversations of {lc.turns} turns{think}"
+    return what
 
 
 class Unreachable(Exception):

@@ -37,7 +37,10 @@ def _retriable(e: Exception) -> str | None:
 
 def _url_waiter(url: str, api_key: str | None, cfg, found: list[str]):
     """The dashboard's wait for a server given by URL: /v1/models until it answers (headless.discover's checks,
-    so a missing key is named at once); the models it lists are kept in `found` for the engine factory."""
+    so a missing key is named at once); the models it lists are kept in `found` for the engine factory. Under
+    several endpoints the first that answers will do: a dead one is the load's to show dead, not a reason to
+    wait forever."""
+    urls = [u.rstrip("/") for u in cfg.fleet.urls] or [url]
 
     def wait(say, stop) -> None:
         import asyncio
@@ -48,8 +51,14 @@ def _url_waiter(url: str, api_key: str | None, cfg, found: list[str]):
         lc = cfg.load
 
         def attempt():
-            return asyncio.run(discover(url, _headers(api_key), need_model=not lc.model, ca_cert=lc.ca_cert,
-                                        insecure=lc.insecure))
+            errors = []
+            for u in urls:
+                try:
+                    return asyncio.run(discover(u, _headers(api_key), need_model=not lc.model, ca_cert=lc.ca_cert,
+                                                insecure=lc.insecure))
+                except Exception as e:
+                    errors.append(e)
+            raise errors[0]
 
         _, models = wait_until_up(attempt, _retriable, url=url, say=say, stop=stop)
         found[:] = models
@@ -78,7 +87,8 @@ def _engine_factory(args, cfg, url_fn, api_key, simulated: bool, server_label: s
         sc = SessionConfig(spec=spec, prompt=lc.prompt, prompts_file=lc.prompts_file, prompt_len=lc.prompt_len,
                            unique_prefix=lc.unique_prefix, window_s=lc.window_s, out_dir=cfg.sweep.out,
                            simulated=simulated, server_config=server_label,
-                           config_sources=(*cfg.sources, ("api_key", key_source)))
+                           config_sources=(*cfg.sources, ("api_key", key_source)),
+                           fleet=cfg.fleet, planned_concurrency=cfg.load.concurrency or 0)
         return EngineProcess(sc, quiet=True)
 
     return factory
@@ -91,12 +101,29 @@ def _cfg(args: argparse.Namespace):
              "load.concurrency": getattr(args, "concurrency", None)}
     cfg = config_from(args, extra)
     _auto_ladder(cfg)  # a bad --slo is a usage error before any server starts
+    _open_loop(args)  # so is a bad --request-rate / --burstiness
     from ..report.files import check_results_dir
 
     problem = check_results_dir(cfg.sweep.out)  # an unwritable or full results folder: before any server starts
     if problem:
         raise Usage(problem)
     return cfg
+
+
+def _open_loop(args: argparse.Namespace) -> tuple[float | None, float, int]:
+    """(--request-rate, --burstiness, --max-concurrency as the open loop's cap, 0: none), checked as `qbench run`
+    checks them. The burstiness and cap shape every open loop, the one `o` starts too."""
+    from ..engine.arrivals import ArrivalError, check_rate
+
+    rate, burst = getattr(args, "request_rate", None), getattr(args, "burstiness", None)
+    cap = getattr(args, "max_concurrency", None)
+    if cap is not None and cap < 1:
+        raise Usage(f"--max-concurrency must be >= 1, got {cap}")
+    try:
+        check_rate(rate if rate is not None else 1.0, burst if burst is not None else 1.0)
+    except ArrivalError as e:
+        raise Usage(str(e)) from None
+    return rate, burst if burst is not None else 1.0, cap or 0
 
 
 def _auto_ladder(cfg):
@@ -119,9 +146,11 @@ def _run_app(factory, server, cfg, args, simulated: bool, title: str, wait_serve
     from ..tui.app import QBenchApp
     from ..tui.terminal import GuardedTerminal
 
+    rate, burstiness, cap = _open_loop(args)
     app = QBenchApp(factory, server=server, title=title, simulated=simulated, out_dir=cfg.sweep.out,
                     start_concurrency=cfg.load.concurrency, start_paused=bool(getattr(args, "paused", False)),
-                    auto_ladder=_auto_ladder(cfg), wait_server=wait_server)
+                    auto_ladder=_auto_ladder(cfg), wait_server=wait_server, start_rate=rate or 0.0,
+                    burstiness=burstiness, rate_cap=cap)
     term = GuardedTerminal()
     try:
         with term:
@@ -212,14 +241,21 @@ def add_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         p.add_argument("--profile", default="qwen2.5-14b-awq-32gb", help="simulator profile")
         p.add_argument("--config", metavar="FILE")
         p.add_argument("--api-key")
+        from .fleet import add_fleet
+
+        add_fleet(p)  # one simulator: client shards, the exporter, metrics from elsewhere (several --url: `tui`)
     else:
-        add_target(p)
+        add_target(p, many=True)
         p.add_argument("--sim", metavar="PROFILE", help="start the simulator with PROFILE and attach to it")
     p.add_argument("--concurrency", "-c", type=int, help="starting concurrency")
     p.add_argument("--paused", action="store_true", help="start with the load paused")
     p.add_argument("--out", metavar="DIR", help="results folder (default ./results)")
     p.add_argument("--window", type=float, metavar="S", help="rolling window seconds (default 5)")
-    p.add_argument("--max-concurrency", type=int, metavar="N", help="`a` (auto ladder): highest level (default 1024)")
+    p.add_argument("--max-concurrency", type=int, metavar="N",
+                   help="`a` (auto ladder): highest level (default 1024); open loop: at most N in flight")
     p.add_argument("--budget", type=float, metavar="S", help="`a` (auto ladder): time budget in seconds (default 900)")
     p.add_argument("--slo", metavar="SPEC", help="`a` (auto ladder): e.g. ttft_p99=2s,itl_p99=100ms (goodput)")
+    p.add_argument("--request-rate", type=float, metavar="R",
+                   help="start in open loop at R requests/s (gamma arrivals); `o` switches loops, the arrows the rate")
+    p.add_argument("--burstiness", type=float, metavar="B", help="open loop: gamma shape, 1 = Poisson (default)")
     add_load(p)

@@ -55,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"requests      {d.get('num_requests_running')} running, {d.get('num_requests_waiting')} waiting, "
           f"{d.get('num_preemptions')} preemptions")
     print(f"tokens        {d.get('prompt_tokens')} prompt, {d.get('generation_tokens')} generated (lifetime)")
+    for e, x in (d.get("per_engine") or {}).items():
+        print(f"  engine {e:<4} KV {pct(x['kv_cache_usage'])}, {x['num_requests_running']} running, "
+              f"{x['num_requests_waiting']} waiting, {x['num_preemptions']} preemptions, "
+              f"{x['generation_tokens']} generated")
     return EXIT_OK
 
 

@@ -87,18 +87,22 @@ def run(args: argparse.Namespace) -> int:
     api_key, key_source = resolve_api_key(args.api_key)
     target = Target(args, cfg)
     check_out(cfg.sweep.out)
-    plans = [LevelPlan(s.concurrency, "steady", duration=s.duration_s, settle=False) if s.kind == "level"
+    plans = [LevelPlan(s.concurrency, s.mode, duration=s.duration_s, settle=False, rate=s.rate,
+                       burstiness=s.burstiness) if s.kind == "level"
              else LevelPlan(0, "wait", duration=s.duration_s) for s in todo if s.kind != "note"]
     with target as url:
         model, version = resolve_model(url, api_key, cfg.load.model, cfg)
         spec, prompts = spec_and_prompts(cfg, url, model, api_key)
         meta = run_meta(cfg, target, url, model, version, key_source,
                         [p.concurrency for p in plans if p.mode == "steady"], "replay")
+        rates = sum(p.mode == "rate" for p in plans)
         meta.notes.append(f"replay of {args.session}" + (f" at --speed {args.speed:g}" if args.speed != 1 else "")
                           + ": each stretch at one concurrency held as long as it was, measured from its start")
         meta.notes += [s.note for s in todo if s.kind == "note"]
+        # a knee within one loop: closed-loop levels when there are any (find_knee keeps those), else the rates
         files = RunFiles(cfg.sweep.out, meta, lambda lvs: find_knee(lvs, cfg.sweep.knee_share))
-        print(f"qbench replay {args.session} -> {url}: {sum(p.mode == 'steady' for p in plans)} level(s), "
+        print(f"qbench replay {args.session} -> {url}: {sum(p.mode == 'steady' for p in plans)} closed-loop "
+              f"and {rates} open-loop level(s), "
               f"{sum(p.duration or 0 for p in plans):.0f} s", file=sys.stderr)
         for s in todo:
             if s.kind == "note":

@@ -86,6 +86,18 @@ class RunFiles:
     def close(self) -> None:
         self.log.close()
 
+    def discard_if_empty(self) -> None:
+        """A run refused before its first request (a fleet flag that cannot be, nothing answering): no file of it
+        stays behind, as for any other usage error."""
+        if self.levels:
+            return
+        for path in self.paths:
+            try:
+                if path.stat().st_size == 0:
+                    path.unlink()
+            except OSError:
+                pass
+
     def saved_lines(self) -> str:
         txt, js, jl = self.paths
         return f"saved: {txt}\n       {js}\n       {jl}"

@@ -8,11 +8,13 @@ import json
 from .common import (
     EXIT_FAIL,
     Target,
+    Unreachable,
     Usage,
     add_load,
     add_target,
     config_from,
     err,
+    fleet_parts,
     print_failures,
     resolve_model,
     spec_and_prompts,
@@ -78,9 +80,12 @@ def run(args: argparse.Namespace) -> int:
         model, version = resolve_model(url, api_key, cfg.load.model, cfg)
         spec, prompts = spec_and_prompts(cfg, url, model, api_key)
         if trace is not None:
-            from ..engine.trace import trace_prompts
+            from . import workload
 
-            prompts = trace_prompts(trace)
+            try:
+                prompts = workload.build_trace_prompts(cfg, trace, url, model, api_key)
+            except workload.Usage as e:
+                raise Usage(str(e)) from None
         mode = args.mode if open_plan is None else "rate"
         meta = run_meta(cfg, target, url, model, version, key_source,
                         (args.concurrency or open_plan.concurrency,), mode)
@@ -88,10 +93,20 @@ def run(args: argparse.Namespace) -> int:
             meta.prompt_source = f"trace:{args.trace} ({len(trace)} requests)"
         files = RunFiles(cfg.sweep.out, meta, lambda lvs: find_knee(lvs, cfg.sweep.knee_share))
         plan = open_plan or LevelPlan(args.concurrency, args.mode, args.duration, args.requests, args.warmup or 0.0)
+
         try:
-            (levels, stopped), signum = measure(lambda stop: run_plan(
-                spec, prompts, [plan], lambda lv, recs: files.add_level(lv),
-                should_stop=lambda: target.died() or files.error, on_record=files.record, stop=stop), files)
+            async def go(stop):
+                async with fleet_parts(cfg, spec, plan.concurrency or 1, api_key) as kw:
+                    return await run_plan(spec, prompts, [plan], lambda lv, recs: files.add_level(lv),
+                                          should_stop=lambda: target.died() or files.error, on_record=files.record,
+                                          stop=stop, **kw)
+
+            try:
+                (levels, stopped), signum = measure(go, files)
+            except (Usage, Unreachable):
+                files.close()
+                files.discard_if_empty()
+                raise
         finally:
             files.close()
         report_stop(stopped, signum, levels, meta)
@@ -110,13 +125,17 @@ def run(args: argparse.Namespace) -> int:
         elif lv.window is not None and not lv.window.rule.startswith("wave"):
             print(lv.window.describe())
         print_failures(lv)
+        from ..report.files import conversation_lines
+
+        for line in conversation_lines(lv):
+            print(line)
         print(files.saved_lines())
     code = exit_code(stopped, signum, levels, cfg.load.max_error_rate)
     return EXIT_FAIL if code == 0 and not saved else code
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_target(p)
+    add_target(p, many=True)
     p.add_argument("--concurrency", "-c", type=int)
     p.add_argument("--mode", choices=("steady", "wave"), default="steady")
     p.add_argument("--duration", type=float, metavar="S")

@@ -65,30 +65,84 @@ def describe_shape(shape) -> str:
         "1 distinct prompt(s)", f"{shape.num_prompts} distinct prompt(s)")
 
 
-def build_dataset_prompts(cfg, shape, url: str, model: str, api_key: str | None):
-    """The dataset, sized by the server's /tokenize (before any load starts); its description goes to stderr.
-    A prompt the server's context cannot hold with its output is refused here, with the numbers."""
-    import asyncio
-
-    from ..engine.datasets import build_dataset
+def _tokenizer(cfg, url: str, model: str, api_key: str | None):
     from ..engine.tokenizer import ServerTokenizer
 
     lc = cfg.load
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return ServerTokenizer(url, model, headers, chat=lc.endpoint == "chat", ca_cert=lc.ca_cert, insecure=lc.insecure)
+
+
+def _say_refused(label: str, noun: str, refusals: list, total: int, hint: str) -> None:
+    """The refusals, said once before the load starts; all of them refused: nothing to measure (Usage, exit 2)."""
+    if not refusals:
+        return
+    if len(refusals) >= total:
+        first = refusals[0].reason.removeprefix("refused before sending: ")
+        raise Usage(f"{label}: all {total} {noun} exceed the server's context with their output (the first: "
+                    f"{first}): {hint}")
+    print(f"  {label}: {len(refusals)} of {total} {noun} exceed the context and will be refused", file=sys.stderr)
+
+
+def build_dataset_prompts(cfg, shape, url: str, model: str, api_key: str | None):
+    """The dataset, sized by the server's /tokenize (before any load starts); its description goes to stderr.
+    A prompt the server's context cannot hold with its output is Refused (counted, never sent), said here; all of
+    them: Usage."""
+    import asyncio
+
+    from ..engine.datasets import build_dataset, refuse_over_context
+    from ..engine.prompts import Refused
 
     async def build():
-        async with ServerTokenizer(url, model, headers, chat=lc.endpoint == "chat", ca_cert=lc.ca_cert,
-                                   insecure=lc.insecure) as tok:
+        async with _tokenizer(cfg, url, model, api_key) as tok:
             ds = await build_dataset(shape, tok.count)
         return ds, tok
 
     ds, tok = asyncio.run(build())
     print(f"  dataset: {ds.describe()}", file=sys.stderr)
-    if tok.max_model_len:
-        out = shape.output_len or lc.max_tokens
-        too_long = [n for n in ds.counted if n is not None and n + out > tok.max_model_len]
-        if too_long:
-            raise Usage(f"{len(too_long)} of {len(ds.pool)} prompts ({max(too_long)} tokens at most) plus "
-                        f"{out} output tokens exceed the server's max_model_len {tok.max_model_len}: lower "
-                        "--random-input-len or --max-tokens / --random-output-len")
+    refuse_over_context(ds, tok.max_model_len, cfg.load.max_tokens)
+    _say_refused("dataset", "prompts", [p for p in ds.pool if isinstance(p, Refused)], len(ds.pool),
+                 "lower --random-input-len or --max-tokens / --random-output-len")
     return ds
+
+
+def build_trace_prompts(cfg, reqs, url: str, model: str, api_key: str | None):
+    """A trace's prompts sized by the server's /tokenize (engine/trace.size_trace), before the load starts; how it
+    was sized and what will be refused go to stderr; every request over the context: Usage."""
+    import asyncio
+
+    from ..engine.trace import size_trace
+
+    async def build():
+        async with _tokenizer(cfg, url, model, api_key) as tok:
+            return await size_trace(reqs, tok.count, lambda: tok.max_model_len), tok
+
+    tp, tok = asyncio.run(build())
+    why = tok.error if tok.error and not tok.error.startswith("no /tokenize") else ""
+    print(f"  trace: {len(reqs)} requests, sizing {tp.sizing.describe()}" + (f" ({why})" if why else ""),
+          file=sys.stderr)
+    _say_refused("trace", "requests", [tp.refusals[i] for i in sorted(tp.refusals)], len(reqs),
+                 "the trace's lengths do not fit this server")
+    return tp
+
+
+def check_file_prompts(cfg, prompts, url: str, model: str, api_key: str | None):
+    """--prompts FILE: entries the server's context cannot hold with their output are Refused (counted, never
+    sent), said once on stderr; all of them: Usage. Other sources are returned as they are."""
+    import asyncio
+
+    from ..engine.prompts import check_context, load_prompts
+
+    lc = cfg.load
+    if not lc.prompts_file:
+        return prompts
+    size = len(load_prompts(lc.prompts_file))  # read before (common._prompts): the same file, the same pool
+
+    async def check():
+        async with _tokenizer(cfg, url, model, api_key) as tok:
+            return await check_context(prompts, size, tok, lc.max_tokens)
+
+    checked, _ = asyncio.run(check())
+    _say_refused("prompts file", "prompts", [checked.refusals[i] for i in sorted(checked.refusals)], size,
+                 "shorten them or lower --max-tokens / their max_tokens")
+    return checked

@@ -24,9 +24,12 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .prompts import WORDS, Prompt, Sized
+from .prompts import WORDS, Prompt, Refused, Sized
 
 _SWAPS = ("a", "of", "the", "from", "which", "through", "against", "between")  # 1 to 7 letters
+# one token each for BPE vocabularies (common, space-led) and 4 characters with their space (the simulator's token)
+_FILL = ("the", "and", "for", "was", "are", "but", "not", "had")
+MAX_PAD_STEPS = 3
 Count = Callable[[Prompt], Awaitable[int | None]]  # the server's token count of what would be sent (None: unknown)
 MAX_FIX_STEPS = 8  # count calls per prompt beyond the first; the step halves, so 8 reach ±1 from a 2x first guess
 
@@ -114,12 +117,12 @@ class Sizing:
 class Dataset:
     """The pool, used in turn: prompts(i) -> pool[i % len(pool)]."""
 
-    pool: list[Prompt]
+    pool: list[Prompt | Refused]  # Refused: over the server's context (refuse_over_context)
     shape: Shape
     sizing: Sizing
     counted: list[int | None]  # the server's count of each pool prompt (None: not counted)
 
-    def __call__(self, i: int) -> Prompt:
+    def __call__(self, i: int) -> Prompt | Refused:
         return self.pool[i % len(self.pool)]
 
     def describe(self) -> str:
@@ -158,17 +161,27 @@ async def build_dataset(shape: Shape, count: Count | None, *, parallel: int = 16
     tag0 = "[0000000000000000]" if shape.unique_first else ""
     # calibration: tokens per word of content, from two counts; then what the server adds around the content
     # (template, tag, the group's prefix) from a third, once the prefix has its length in tokens
-    per_word, exact = 1.0, False
-    if count is not None:
-        probe = " ".join(words(random.Random("calibrate"), 200))
-        c0 = await count(_compose("", "the", tag0))
-        c1 = await count(_compose("", probe, tag0))
-        if c0 is not None and c1 is not None and c1 > c0:
-            per_word, exact = (c1 - c0) / 199, True
+    per_word, _, exact = await calibrate(count, lambda text: _compose("", text, tag0))
     n_prefix = round(shape.shared_prefix_len / per_word)
     prefixes = [" ".join(words(random.Random(f"prefix:{shape.seed}:{g}"), n_prefix))
                 for g in range(shape.prefix_groups)] if shape.shared_prefix_len else [""]
     overhead = float(shape.shared_prefix_len)
+    if exact and shape.shared_prefix_len:  # each group's prefix N tokens by the server's count, so its whole
+        base = await count(_compose("", "the", tag0))  # type: ignore[misc]  # blocks are what was asked for
+
+        async def fit_prefix(g: int) -> str:
+            r = random.Random(f"prefix:{shape.seed}:{g}")
+            ws = words(r, n_prefix + 16)
+
+            def take(n: int) -> list[str]:
+                return _take(ws, r, n)
+
+            fit = await fit_words(count, lambda ch: _compose(" ".join(ch), "the", tag0), take,  # type: ignore[arg-type]
+                                  (base or 0) + shape.shared_prefix_len, max(1, n_prefix), per_word)
+            return " ".join(fit.chosen(take))
+
+        if base is not None:
+            prefixes = list(await asyncio.gather(*(fit_prefix(g) for g in range(shape.prefix_groups))))
     if exact:
         c = await count(_compose(prefixes[0], "the", tag0))  # type: ignore[misc]
         exact = c is not None
@@ -185,36 +198,17 @@ async def build_dataset(shape: Shape, count: Count | None, *, parallel: int = 16
         if not target:  # only the output length (or the grouping) is shaped: a short request of its own
             return _compose(prefix, " ".join(ws[:24]), tag, lead=False), None
         k = max(1, round((target - overhead) / per_word))
+
+        def render(chosen: list[str]) -> Prompt:
+            return _compose(prefix, " ".join(chosen), tag)
+
+        def take(n: int) -> list[str]:
+            return _take(ws, r, n)
+
         if not exact:
-            return _compose(prefix, " ".join(_take(ws, r, k)), tag), None
-        best: tuple[int, int, int] | None = None  # (|miss|, k, count)
-        for _ in range(MAX_FIX_STEPS + 1):
-            got = await count(_compose(prefix, " ".join(_take(ws, r, k)), tag))  # type: ignore[misc]
-            if got is None:
-                break
-            miss = got - target
-            if best is None or abs(miss) < best[0]:
-                best = (abs(miss), k, got)
-            if miss == 0:
-                break
-            nk = max(1, k - (round(miss / per_word) or (1 if miss > 0 else -1)))
-            if nk == k:
-                break
-            k = nk
-        if best is None:
-            return _compose(prefix, " ".join(_take(ws, r, k)), tag), None
-        chosen = _take(ws, r, best[1])
-        miss, got = best[0], best[2]
-        # a tokenizer coarser than a word (the simulator counts characters) can leave one off: try the last word
-        # in other lengths
-        for alt in (_SWAPS if miss else ()):
-            trial = chosen[:-1] + [alt]
-            n = await count(_compose(prefix, " ".join(trial), tag))  # type: ignore[misc]
-            if n is not None and abs(n - target) < miss:
-                chosen, miss, got = trial, abs(n - target), n
-                if not miss:
-                    break
-        return _compose(prefix, " ".join(chosen), tag), got
+            return render(take(k)), None
+        fit = await fit_words(count, render, take, target, k, per_word)  # type: ignore[arg-type]
+        return render(fit.chosen(take)), fit.got
 
     sem = asyncio.Semaphore(parallel)
 
@@ -223,7 +217,7 @@ async def build_dataset(shape: Shape, count: Count | None, *, parallel: int = 16
             return await one(i)
 
     made = await asyncio.gather(*(bounded(i) for i in range(n)))
-    pool: list[Prompt] = []
+    pool: list[Prompt | Refused] = []
     counted: list[int | None] = []
     for i, (p, got) in enumerate(made):
         pool.append(Sized(p, outs[i]) if outs[i] else p)
@@ -241,3 +235,113 @@ def _take(ws: list[str], r: random.Random, k: int) -> list[str]:
     while len(ws) < k:
         ws.extend(words(r, k))
     return ws[:k]
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A prompt's content as sized: the first k words of its word stream, the last one swapped for `alt` when
+    that landed closer, then `pad` filler words; `got` the server's count (None: it could not count)."""
+
+    k: int
+    alt: str | None
+    got: int | None
+    pad: int = 0
+
+    def chosen(self, take: Callable[[int], list[str]]) -> list[str]:
+        ws = list(take(self.k))
+        if self.alt is not None and ws:
+            ws[-1] = self.alt
+        return ws + _fill(self.pad)
+
+
+def _fill(n: int) -> list[str]:
+    return [_FILL[i % len(_FILL)] for i in range(n)]
+
+
+async def fit_words(count: Count, render: Callable[[list[str]], Prompt], take: Callable[[int], list[str]],
+                    target: int, k: int, per_word: float) -> Fit:
+    """The number of words of a stream (take(n): its first n) whose rendered prompt the server counts at
+    `target` tokens, from a first guess k: usually 2-3 count calls, at most 1 + MAX_FIX_STEPS + len(_SWAPS)."""
+    tried: dict[int, int] = {}  # k -> the server's count
+    for _ in range(MAX_FIX_STEPS + 1):
+        got = await count(render(take(k)))
+        if got is None:
+            break
+        tried[k] = got
+        miss = got - target
+        if miss == 0:
+            return Fit(k, None, got)
+        nk = max(1, k - (round(miss / per_word) or (1 if miss > 0 else -1)))
+        if nk in tried:  # a step overshot back: bisect between the closest counts below and above the target
+            under = max((j for j in tried if tried[j] < target), default=None)
+            over = min((j for j in tried if tried[j] > target), default=None)
+            if under is None or over is None or over - under < 2:  # k and k+1 straddle it: no word count reaches it
+                break
+            nk = (under + over) // 2
+        k = nk
+    if not tried:
+        return Fit(k, None, None)
+    over = min((k for k in tried if tried[k] > target), key=lambda k: tried[k], default=None)
+    under = max((k for k in tried if tried[k] < target), key=lambda k: tried[k], default=None)
+    best = min(tried, key=lambda k: (abs(tried[k] - target), tried[k] < target))
+    fit = Fit(best, None, tried[best])
+    # a word of several tokens (a small BPE vocabulary splits "years" in 4) jumps over the target: the words below
+    # it, then one-token fillers for what is missing (MAX_PAD_STEPS calls at most)
+    if under is not None:
+        pad = target - tried[under]
+        for _ in range(MAX_PAD_STEPS):
+            n = await count(render(take(under) + _fill(pad)))
+            if n is None:
+                break
+            if abs(n - target) < abs(fit.got - target):  # type: ignore[operator]
+                fit = Fit(under, None, n, pad)
+            if n == target or pad + target - n < 1:
+                break
+            pad += target - n
+        if fit.got == target:
+            return fit
+    # the last word in another length: a few characters too many or too few (the simulator counts characters)
+    # leave the count a token off. The closest count above first, its last word shorter, then the closest below,
+    # its last word longer, nearest lengths first; len(_SWAPS) calls at most
+    budget = len(_SWAPS)
+    for side in (x for x in (over, under) if x is not None):
+        chosen = take(side)
+        last, shorter = len(chosen[-1]), tried[side] > target
+        for w in sorted((w for w in _SWAPS if (len(w) < last if shorter else len(w) > last)),
+                        key=lambda w: abs(len(w) - last)):
+            if budget <= 0:
+                return fit
+            budget -= 1
+            n = await count(render([*chosen[:-1], w]))
+            if n is not None and abs(n - target) < abs(fit.got - target):  # type: ignore[operator]
+                fit = Fit(side, w, n)
+                if n == target:
+                    return fit
+    return fit
+
+
+async def calibrate(count: Count | None, render: Callable[[str], Prompt]) -> tuple[float, float, bool]:
+    """(tokens per word of content, tokens the server adds around it, exact): two counts of `render`ed content
+    of 1 and 200 words; (1.0, 0.0, False) when the server cannot count."""
+    if count is not None:
+        c0 = await count(render("the"))
+        c1 = await count(render(" ".join(words(random.Random("calibrate"), 200))))
+        if c0 is not None and c1 is not None and c1 > c0:
+            per_word = (c1 - c0) / 199
+            return per_word, c0 - per_word, True
+    return 1.0, 0.0, False
+
+
+def refuse_over_context(ds: Dataset, max_model_len: int | None, max_tokens: int) -> int:
+    """Pool prompts whose counted length and output the server's context cannot hold become Refused (the numbers
+    in the reason): the engine records them refused, never sent. Returns how many."""
+    from .prompts import over_context
+
+    n = 0
+    for i, (p, got) in enumerate(zip(ds.pool, ds.counted)):
+        if got is None or isinstance(p, Refused):
+            continue
+        if (no := over_context(got, p.max_tokens if isinstance(p, Sized) else max_tokens, max_model_len)):
+            ds.pool[i] = no
+            n += 1
+    return n

@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .open_signals import achieved, in_flight, sustained
+from .open_signals import rate_words as _r
 from .result import ClientLevel, LevelResult, ServerLevel
-from .slo import Slo, describe, goodput_level, misses
+from .slo import Slo, describe, goodput_level, meets, misses
 
 KNEE_SHARE = 0.90  # the knee: the first level within 90% of the peak throughput
 ELASTICITY_FLOOR = 0.25  # throughput grew by < 25% of what proportional scaling would give
@@ -49,6 +51,15 @@ class Knee:
     slo: str = ""  # the objective, in words ("ttft_p99 <= 2 s, itl_p99 <= 100 ms"); "" without one
     goodput_concurrency: int | None = None  # the largest level meeting the SLO (None: none met it, or no SLO)
     goodput_output_throughput: float | None = None
+    # the x axis the levels were measured along: "concurrency" (closed loop) or "request_rate" (open loop, where
+    # the *_concurrency keys stay None and these carry the offered rates in requests/s)
+    axis: str = "concurrency"
+    knee_request_rate: float | None = None
+    peak_request_rate: float | None = None
+    interactive_request_rate: float | None = None
+    batch_request_rate: float | None = None
+    goodput_request_rate: float | None = None
+    sustained_request_rate: float | None = None  # the highest offered rate whose achieved rate kept up
 
     def to_json(self) -> dict[str, Any]:
         return {"saturated": self.saturated, "knee_concurrency": self.knee_concurrency,
@@ -57,7 +68,11 @@ class Knee:
                 "cause_kind": self.cause_kind, "interactive_concurrency": self.interactive_concurrency,
                 "interactive_why": self.interactive_why, "batch_concurrency": self.batch_concurrency,
                 "batch_why": self.batch_why, "slo": self.slo or None, "goodput_concurrency": self.goodput_concurrency,
-                "goodput_output_throughput": self.goodput_output_throughput}
+                "goodput_output_throughput": self.goodput_output_throughput, "axis": self.axis,
+                "knee_request_rate": self.knee_request_rate, "peak_request_rate": self.peak_request_rate,
+                "interactive_request_rate": self.interactive_request_rate,
+                "batch_request_rate": self.batch_request_rate, "goodput_request_rate": self.goodput_request_rate,
+                "sustained_request_rate": self.sustained_request_rate}
 
     @classmethod
     def from_json(cls, d: dict | None) -> Knee | None:
@@ -67,7 +82,18 @@ class Knee:
                    d.get("peak_output_throughput"), d.get("cause"), d.get("summary") or "",
                    d.get("knee_share") or KNEE_SHARE, d.get("cause_kind"), d.get("interactive_concurrency"),
                    d.get("interactive_why") or "", d.get("batch_concurrency"), d.get("batch_why") or "",
-                   d.get("slo") or "", d.get("goodput_concurrency"), d.get("goodput_output_throughput"))
+                   d.get("slo") or "", d.get("goodput_concurrency"), d.get("goodput_output_throughput"),
+                   d.get("axis") or "concurrency", d.get("knee_request_rate"), d.get("peak_request_rate"),
+                   d.get("interactive_request_rate"), d.get("batch_request_rate"), d.get("goodput_request_rate"),
+                   d.get("sustained_request_rate"))
+
+    @property
+    def rate_axis(self) -> bool:
+        return self.axis == "request_rate"
+
+    def at(self, which: str) -> float | int | None:
+        """The level a verdict key names on this knee's axis: which in knee, peak, interactive, batch, goodput."""
+        return getattr(self, f"{which}_{'request_rate' if self.rate_axis else 'concurrency'}")
 
     def advice(self) -> list[str]:
         """The recommendations as lines for a report ("" parts left out)."""
@@ -79,11 +105,24 @@ class Knee:
         return out
 
 
-def find_knee(levels: list[LevelResult], share: float = KNEE_SHARE, slo: Slo = ()) -> Knee:
+def axis_of(levels: list[LevelResult]) -> str:
+    """"request_rate" when every finished level is an open-loop one (it has an offered rate), else "concurrency"."""
+    done = [lv for lv in levels if lv.completed]
+    return "request_rate" if done and all(lv.request_rate for lv in done) else "concurrency"
+
+
+def find_knee(levels: list[LevelResult], share: float = KNEE_SHARE, slo: Slo = (), axis: str | None = None) -> Knee:
     """The knee is the lowest level already within `share` of the peak throughput; the server is saturated
     when going from the knee to the highest level returned less than ELASTICITY_FLOOR of proportional scaling
     while latency rose. Judging knee -> last level (not each neighbouring pair) keeps one noisy level from
-    calling saturation early. With an `slo`, goodput is the largest level meeting it."""
+    calling saturation early. With an `slo`, goodput is the largest level meeting it.
+
+    `axis` (default: from the levels, axis_of): "request_rate" judges open-loop levels along their offered rate
+    (rate_knee); "concurrency" the closed-loop levels, as ever."""
+    if (axis or axis_of(levels)) == "request_rate":
+        return rate_knee([lv for lv in levels if lv.request_rate], share, slo)
+    if any(lv.request_rate for lv in levels):  # one axis at a time: open-loop levels have no concurrency of their own
+        levels = [lv for lv in levels if not lv.request_rate]
     pts = sorted((lv for lv in levels if lv.completed), key=lambda lv: lv.max_concurrency or 0)
     if not pts:
         return Knee(knee_share=share, slo=describe(slo) if slo else "", summary="no completed levels")
@@ -236,3 +275,111 @@ def diagnose(before: LevelResult, after: LevelResult) -> tuple[str, str]:
         return "compute", (f"compute: every sequence is already in the batch and each decode step takes longer "
                            f"(ITL p50 {itl0 * 1000:.2f} -> {itl1 * 1000:.2f} ms)")
     return "compute", "compute: the server produces no more tokens per second at higher concurrency"
+
+
+def _numbers_rate(lv: LevelResult) -> str:
+    return (f"{achieved(lv):.2f} req/s achieved, {lv.output_throughput or 0:.0f} tok/s, latency p50 "
+            f"{_lat(lv.e2el.p50_s)} / p99 {_lat(lv.e2el.p99_s)}, TTFT p99 {_lat(lv.ttft.p99_s)}")
+
+
+# -- the open loop: levels along their offered rate (the signals: engine/open_signals.py) -------------------------
+
+def rate_knee(levels: list[LevelResult], share: float = KNEE_SHARE, slo: Slo = ()) -> Knee:
+    """find_knee along the offered rate. The knee: the lowest rate whose achieved requests/s is within `share` of
+    the peak's (the concurrency rule, on the open loop's own throughput). Saturated when a rate did not keep up
+    (`sustained`), or, as in the closed loop, when the knee -> highest rate step bought under ELASTICITY_FLOOR of
+    proportional throughput while latency rose. Batch: the highest rate kept up (past it the queue grows without
+    bound, so the peak's offered rate is no place to run); interactive: the largest rate meeting the SLO, or the
+    last one kept up before latency turns up."""
+    pts = sorted((lv for lv in levels if lv.completed), key=lambda lv: lv.request_rate or 0.0)
+    base_k = Knee(axis="request_rate", knee_share=share, slo=describe(slo) if slo else "")
+    if not pts:
+        return _with(base_k, summary="no completed levels")
+    peak = max(pts, key=achieved)
+    got = _with(base_k, peak_request_rate=peak.request_rate, peak_output_throughput=peak.output_throughput or 0.0,
+                **_rate_advice(pts, slo))
+    if len(pts) < 2:
+        return _with(got, summary="one rate only: run at least two request rates to find the knee")
+    knee = rate_knee_level(pts, share)
+    last = pts[-1]
+    good, bad, why = sustained(pts, LATENCY_RISE)
+    head = (f"Peak {achieved(peak):.2f} req/s ({peak.output_throughput or 0:.0f} tok/s) at {_r(peak.request_rate)} "
+            "offered")
+    rule = (f"(Knee: the lowest rate kept up within {share:.0%} of the peak throughput, else the highest kept up: "
+            f"{_r(knee.request_rate)}.)")
+    if bad is not None:
+        kind, cause = diagnose(replace(knee, max_concurrency=in_flight(knee)),
+                               replace(bad, max_concurrency=in_flight(bad)))
+        return _with(got, saturated=True, knee_request_rate=knee.request_rate, cause=cause, cause_kind=kind,
+                     summary=(f"saturated past {_r(knee.request_rate)}: the achieved rate stopped tracking the "
+                              f"offered one ({why}). {head}. Why: {cause}. {rule}"))
+    base = _baseline_rate(pts, knee, last)
+    r0, r1 = base.request_rate or 0.0, last.request_rate or 0.0
+    t0, t1 = achieved(base), achieved(last)
+    l0, l1 = base.avg_latency_s, last.avg_latency_s
+    if r1 > (knee.request_rate or 0.0) and r1 > r0 and t0 > 0 and l0 and l1:
+        elasticity = ((t1 - t0) / t0) / (r1 / r0 - 1)
+        if elasticity < ELASTICITY_FLOOR and (l1 - l0) / l0 >= LATENCY_RISE:
+            kind, cause = diagnose(replace(base, max_concurrency=in_flight(base)),
+                                   replace(last, max_concurrency=in_flight(last)))
+            return _with(got, saturated=True, knee_request_rate=knee.request_rate, cause=cause, cause_kind=kind,
+                         summary=(f"saturated past {_r(knee.request_rate)}: going from {_r(r0)} to {_r(r1)} changed "
+                                  f"the achieved rate by {t1 / t0 - 1:+.0%} for {r1 / r0 - 1:+.0%} offered while mean "
+                                  f"latency rose {l1 / l0 - 1:+.0%}. {head}. Why: {cause}. {rule}"))
+    return _with(got, summary=(f"no saturation up to {_r(last.request_rate)}: the achieved rate still tracks the "
+                               f"offered one ({head}); try higher rates"))
+
+
+def rate_knee_level(pts: list[LevelResult], share: float = KNEE_SHARE) -> LevelResult:
+    """The knee over rates (`pts` in rate order): the lowest rate kept up (open_signals.sustained) whose achieved
+    requests/s is within `share` of the peak's, else the highest rate kept up. Past saturation an open loop's
+    queue grows without bound, so a rate that was not kept up is never the knee, however high its throughput."""
+    good, _, _ = sustained(pts, LATENCY_RISE)
+    kept = [lv for lv in pts if (lv.request_rate or 0.0) <= (good.request_rate or 0.0)]
+    top = max(achieved(lv) for lv in pts)
+    return next((lv for lv in kept if achieved(lv) >= share * top), good)
+
+
+def _baseline_rate(pts: list[LevelResult], knee: LevelResult, last: LevelResult) -> LevelResult:
+    """_baseline on the rate axis."""
+    r1 = last.request_rate or 0.0
+    if r1 >= MIN_SPAN * (knee.request_rate or 0.0):
+        return knee
+    below = [lv for lv in pts if (lv.request_rate or 0.0) * MIN_SPAN <= r1]
+    return below[-1] if below else pts[0]
+
+
+def _rate_advice(pts: list[LevelResult], slo: Slo) -> dict[str, Any]:
+    good, bad, _ = sustained(pts, LATENCY_RISE)
+    kept = [lv for lv in pts if (lv.request_rate or 0.0) <= (good.request_rate or 0.0)]
+    batch = f"{_r(good.request_rate)}: the highest rate the server kept up with, {_numbers_rate(good)}"
+    if bad is not None:
+        batch += f"; at {_r(bad.request_rate)} it fell behind (its queue grows for as long as the load lasts)"
+    out: dict[str, Any] = {"batch_request_rate": good.request_rate, "sustained_request_rate": good.request_rate}
+    if slo:
+        out["slo"] = describe(slo)
+        ok = [lv for lv in pts if meets(lv, slo)]
+        best = max(ok, key=lambda lv: lv.request_rate or 0.0, default=None)
+        if best is None:
+            why = (f"no rate met the SLO ({out['slo']}); the lowest, {_r(pts[0].request_rate)}, missed it: "
+                   f"{', '.join(misses(pts[0], slo))}")
+        else:
+            above = next((lv for lv in pts if (lv.request_rate or 0.0) > (best.request_rate or 0.0)), None)
+            why = f"{_r(best.request_rate)}: the largest rate meeting the SLO ({out['slo']}), {_numbers_rate(best)}"
+            if above is not None:
+                why += f"; {_r(above.request_rate)} missed it ({', '.join(misses(above, slo))})"
+            out.update(interactive_request_rate=best.request_rate, goodput_request_rate=best.request_rate,
+                       goodput_output_throughput=best.output_throughput)
+        out["interactive_why"] = why
+    else:
+        inter, turned = latency_turn(kept)
+        why = f"{_r(inter.request_rate)}: {_numbers_rate(inter)}"
+        if turned is not None:
+            la, lb = inter.avg_latency_s or 0.0, turned.avg_latency_s or 0.0
+            why += (f"; the last rate before latency turns up ({_r(turned.request_rate)} added "
+                    f"{lb / la - 1:+.0%} mean latency)")
+        else:
+            why += "; latency had not turned up yet at the highest rate kept up"
+        out.update(interactive_request_rate=inter.request_rate, interactive_why=why)
+    out["batch_why"] = batch
+    return out

@@ -24,6 +24,7 @@ def _log_edges(lo: float, hi: float, n: int = 40) -> tuple[float, ...]:
 TTFT_EDGES = _log_edges(1e-3, 120.0, 40)
 ITL_EDGES = _log_edges(1e-4, 10.0, 40)
 E2EL_EDGES = _log_edges(1e-2, 600.0, 40)
+LAG_EDGES = _log_edges(1e-4, 60.0, 40)  # the open loop's schedule lag: 0.1 ms (on time) to a minute behind
 
 
 def server_ttft(series: ServerSeries, window: RollingWindow, clocks: Clocks, now_perf: float) -> float | None:

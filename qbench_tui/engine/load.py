@@ -13,29 +13,38 @@ Every finished request goes into `timeline` (its tokens by arrival time); `horiz
 timeline is complete. A steady level is measured only once settled (engine/settle.py) and held at C until every
 request it measures has ended (engine/window.py: which requests count, and why). Given a WindowTally, a steady
 level folds each record into it as it finishes and keeps none (a long headless level stays flat in memory).
+
+Given a Conversations source (engine/conversations.py) instead of a plain prompts(i) callable, worker i runs
+conversations: each request is its conversation's next turn, the answer's text is collected for the turn after
+it, and the worker thinks `think_time` between turns (a `_nap`: idle, ended by stop / pause / a lower target /
+the level's end). A wave then runs C whole conversations at once. The plain path costs one `is None` per request.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from time import perf_counter
 
 from qbench_tui.engine.backoff import Backoff
 from qbench_tui.engine.budget import ErrorBudget
+from qbench_tui.engine.conversations import Conversations
 from qbench_tui.engine.http1 import RawClient, make_ssl_context
+from qbench_tui.engine.level_state import LevelState as _Level
 from qbench_tui.engine.prompts import Refused
 from qbench_tui.engine.records import RequestRecord, RequestSpec
 from qbench_tui.engine.request import make_client, stream_request
 from qbench_tui.engine.settle import Settler, SettleRule
+from qbench_tui.engine.targets import Targets
 from qbench_tui.engine.timeline import Timeline
 from qbench_tui.engine.window import Bounds, WindowTally
 
 log = logging.getLogger(__name__)
 
 Prompt = str | list[dict]
+# (worker, prompt, *, segment, concurrency, text, url) -> the record: a shard pool doing the HTTP elsewhere
+Sender = Callable[..., Awaitable[RequestRecord]]
 
 _TICK_S = 0.1  # how often a steady level looks at its data (settled? window over? measured requests ended?)
 # A request in flight longer than this many typical latencies (and STRAGGLER_MIN_S) is not waited for by
@@ -44,72 +53,27 @@ STRAGGLER_FACTOR = 4.0
 STRAGGLER_MIN_S = 10.0
 
 
-@dataclass
-class _Level:
-    """State of the level being run by run_steady: where its records go, and (--requests) its send stamps.
-
-    With `requests`, the window starts ON the first send at or after the settled time and its started_until is
-    the send `requests` sends later: nothing awaits between a request's stamp and its record's start, so no other
-    request's stamp falls between them and the count is exact (an edge between the two let the window take 101 of
-    --requests 100 now and then). Stamps are kept only until the start is known; after it, sends are counted and
-    the last one seen is the summary's lower bound for started_until, set as it is sent, before that request can
-    finish."""
-
-    warmup_end: float
-    sink: Callable[[RequestRecord], None]
-    summary: WindowTally | None = None
-    requests: int | None = None
-    stamps: list[float] = field(default_factory=list)  # --requests: send times until the start is known
-    t0: float | None = None  # the window's start, once known
-    sent: int = 0  # --requests: sends at or after t0
-    until: float | None = None  # --requests: the send that ends the window's starts
-    closed: bool = False
-    failing: int = 0  # failures in a row since the last success
-
-    def stamp(self, t: float) -> None:
-        if self.requests is None or self.until is not None:
-            return
-        if self.t0 is None:
-            self.stamps.append(t)
-            return
-        if self.sent == self.requests:
-            self.until = t
-        self.sent += 1
-        if self.summary is not None:
-            self.summary.until_at_least(t)
-
-    def open(self, settled: float, duration: float | None) -> bool:
-        """Fix the window's start from the settled time; False while --requests has no send after it yet."""
-        if self.requests is None:
-            self.t0 = settled
-            if self.summary is not None:
-                self.summary.open(settled, settled + (duration or 0.0))
-            return True
-        i = bisect_left(self.stamps, settled)
-        if i == len(self.stamps):
-            return False
-        self.t0, self.sent = self.stamps[i], len(self.stamps) - i
-        if self.sent > self.requests:
-            self.until = self.stamps[i + self.requests]
-        last = self.until if self.until is not None else self.stamps[-1]
-        self.stamps = []
-        if self.summary is not None:
-            self.summary.open(self.t0, last)
-        return True
-
-
 class LoadEngine:
     def __init__(
         self,
         spec: RequestSpec,
-        prompts: Callable[[int], Prompt],
+        prompts: Callable[[int], Prompt] | Conversations,
         on_record: Callable[[RequestRecord], None] | None = None,
+        sender: Sender | None = None,
+        targets: Targets | None = None,
     ) -> None:
+        """`sender`: who does the HTTP (engine/shards.ShardPool.send, ray_shards.RayShardPool.send); None: this
+        process. `targets`: several endpoints (engine/targets.py), each request to the one it picks."""
         self.spec = spec
+        self._sender = sender
+        self._targets = targets
+        # one spec per endpoint (its URL), made once: a request only picks one
+        self._specs = [replace(spec, url=e.url) for e in targets.endpoints] if targets is not None else [spec]
         self._prompts = prompts
+        self._conv = prompts if isinstance(prompts, Conversations) else None
         self._on_record = on_record
         self._ssl = make_ssl_context()
-        self._clients: dict[int, RawClient] = {}
+        self._clients: dict[tuple[int, int], RawClient] = {}  # (worker, endpoint) -> its kept-alive client
         self._tasks: dict[int, asyncio.Task] = {}
         self._wave_tasks: set[asyncio.Task] = set()
         self._target = 0
@@ -238,7 +202,8 @@ class LoadEngine:
         self.budget.set_load(c, rounds=1)
         seg = self._segment
         records: list[RequestRecord] = []
-        tasks = [asyncio.create_task(self._one(i, seg, c, False, None, records.append)) for i in range(c)]
+        slot = self._one if self._conv is None else self._conversation
+        tasks = [asyncio.create_task(slot(i, seg, c, False, None, records.append)) for i in range(c)]
         self._wave_tasks.update(tasks)
         try:
             await asyncio.gather(*tasks)
@@ -335,6 +300,10 @@ class LoadEngine:
                             continue
                         until = t0 + duration
                     else:
+                        if lvl.until is None and self._conv is not None and lvl.sent >= (requests or 0):
+                            # users thinking may not send again for long: no send after the N-th so far,
+                            # so none before now can join the window's starts
+                            lvl.until = now
                         if lvl.until is None:
                             continue
                         until = lvl.until
@@ -387,11 +356,35 @@ class LoadEngine:
                 self._tasks[i] = asyncio.create_task(self._worker(i), name=f"qbench-worker-{i}")
         self._poke()
 
-    def _client(self, i: int) -> RawClient:
-        c = self._clients.get(i)
+    def _client(self, i: int, k: int = 0) -> RawClient:
+        c = self._clients.get((i, k))
         if c is None:
-            c = self._clients[i] = make_client(self.spec, self._ssl)
+            c = self._clients[(i, k)] = make_client(self._specs[k], self._ssl)
         return c
+
+    async def _send(self, i: int, prompt, segment: int, concurrency: int, text: list | None) -> RequestRecord:
+        """One request on the wire: to the endpoint the targets pick, by this process or by the sender."""
+        targets = self._targets
+        k = 0
+        if targets is not None:
+            k = targets.pick(perf_counter())
+            targets.started(k)
+        spec = self._specs[k]
+        try:
+            if self._sender is not None:
+                rec = await self._sender(i, prompt, segment=segment, concurrency=concurrency, text=text,
+                                         url=spec.url if targets is not None else None)
+            else:
+                rec = await stream_request(self._client(i, k), spec, prompt, segment=segment,
+                                           concurrency=concurrency, worker=i, text=text)
+        except BaseException:
+            if targets is not None:  # cancelled: in flight no more, and no verdict on the endpoint
+                targets.endpoints[k].in_flight -= 1
+            raise
+        if targets is not None:
+            targets.finished(k, rec.ok, rec.status is not None, rec.error, perf_counter())
+            rec.endpoint = spec.url
+        return rec
 
     def _sending(self, i: int, lvl: _Level | None) -> bool:
         """Whether worker i may send (now or after its backoff), `lvl` being the level it works for."""
@@ -416,6 +409,8 @@ class LoadEngine:
                 wait = backoff.after(rec)
                 if wait > 0:
                     await self._nap(i, lvl, wait)
+                elif self._conv is not None and self._conv.think_time and self._conv.active(i):
+                    await self._nap(i, lvl, self._conv.think_time)
         finally:
             if self._tasks.get(i) is me:
                 del self._tasks[i]
@@ -434,6 +429,18 @@ class LoadEngine:
             except asyncio.TimeoutError:
                 return
 
+    async def _conversation(self, i: int, segment: int, concurrency: int, warm: bool, lvl: _Level | None,
+                            sink: Callable[[RequestRecord], None] | None) -> None:
+        """A wave's slot i: one whole conversation, thinking between turns (a stop cancels the sleep)."""
+        conv = self._conv
+        assert conv is not None
+        conv.end(i)
+        await self._one(i, segment, concurrency, warm, lvl, sink)
+        while conv.active(i) and not self._stopped:
+            if conv.think_time:
+                await asyncio.sleep(conv.think_time)
+            await self._one(i, segment, concurrency, warm, lvl, sink)
+
     async def _one(self, i: int, segment: int, concurrency: int, warm: bool, lvl: _Level | None,
                    sink: Callable[[RequestRecord], None] | None, scheduled: float | None = None) -> RequestRecord:
         """One request of worker (or slot) i. `lvl`: the steady level it was sent for (its send stamp, its run of
@@ -444,9 +451,14 @@ class LoadEngine:
         sent = self._starts[idx] = perf_counter()
         if lvl is not None and lvl is self._level:
             lvl.stamp(sent)
+        conv, text, turn = self._conv, None, (0, -1)
         try:
             try:
-                prompt = self._prompts(idx)
+                if conv is None:
+                    prompt = self._prompts(idx)  # type: ignore[operator]
+                else:
+                    prompt, *turn = conv.next(i)
+                    text = []
             except Exception as e:  # a broken prompt source fails this request, not the worker
                 now = perf_counter()
                 rec = RequestRecord(ok=False, segment=segment, concurrency=concurrency, worker=i, start=now,
@@ -458,11 +470,16 @@ class LoadEngine:
                                         end=now, error=prompt.reason, refused=True)
                     await asyncio.sleep(0)  # a closed loop of refusals must still let the loop run
                 else:
-                    rec = await stream_request(self._client(i), self.spec, prompt, segment=segment,
-                                               concurrency=concurrency, worker=i)
+                    rec = await self._send(i, prompt, segment, concurrency, text)
         finally:
             self._in_flight -= 1
             del self._starts[idx]
+        if conv is not None:
+            rec.turn, rec.conversation = turn
+            if text is None or rec.refused:  # the source failed or refused: that conversation is over
+                conv.end(i)
+            else:
+                conv.answered(i, rec, "".join(text))
         rec.warmup = warm
         rec.scheduled = scheduled  # before on_record: the .requests.jsonl line carries the schedule lag
         if rec.ok:

@@ -141,8 +141,9 @@ def _info_number(v: str | None) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def parse_metrics(text: str, t: float) -> ServerSample:
-    """Read one /metrics page. Empty or non-vLLM pages give schema "none"; unreadable ones raise MetricsParseError."""
+def parse_metrics(text: str, t: float, engine: str | None = None) -> ServerSample:
+    """Read one /metrics page. Empty or non-vLLM pages give schema "none"; unreadable ones raise MetricsParseError.
+    `engine`: only that data-parallel engine's series (its `engine` label), for a per-engine view."""
     if not text.strip():
         return ServerSample(t=t, schema="none", engines=0)
     try:
@@ -167,6 +168,8 @@ def parse_metrics(text: str, t: float) -> ServerSample:
             continue
         name = _norm(name)
         if not name.startswith("vllm:"):
+            continue
+        if engine is not None and labels.get("engine", engine) != engine:
             continue
         names.add(name)
         if "engine" in labels:
@@ -196,3 +199,14 @@ def parse_metrics(text: str, t: float) -> ServerSample:
         t=t, schema="v1" if v1 else "v0", engines=max(1, len(engines)), start_time=start_time,
         num_gpu_blocks=info.get("num_gpu_blocks"), block_size=info.get("block_size"), **values,
     )
+
+
+def per_engine(text: str, t: float) -> dict[str, ServerSample]:
+    """Each data-parallel engine's own sample ({} for a page with one engine or none): the summed view's parts."""
+    ids = sorted(set(_ENGINE_LABEL.findall(text)), key=lambda e: (len(e), e))
+    if len(ids) < 2:
+        return {}
+    return {e: parse_metrics(text, t, engine=e) for e in ids}
+
+
+_ENGINE_LABEL = re.compile(r'^vllm:[^{\n]*\{[^}\n]*\bengine="([^"\n]+)"', re.M)

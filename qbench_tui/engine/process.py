@@ -63,6 +63,10 @@ def _quiet_child_output(log_dir: str) -> None:
 
 def _child_main(cfg, cmd_conn, snaps, quiet: bool = False) -> None:
     die_with_parent()
+    # The face starts this process daemonic (multiprocessing ends it if the face exits without closing it), and a
+    # daemonic process may not start children: the client shards (`--client-procs`) are this process's. They die
+    # with it as it dies with the face (PDEATHSIG both ways), and the session closes them whenever it stops.
+    mp.current_process().daemon = False
     if quiet:
         _quiet_child_output(cfg.out_dir)
     # Ctrl-C belongs to the face, which sends Save and Stop. So does SIGHUP: a closed terminal sends it to the whole

@@ -6,11 +6,12 @@ so a suffix would not defeat it).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 class Sized(NamedTuple):
@@ -160,3 +161,62 @@ def _prefixed(prefix: str, base: str | list) -> list:
         msgs[0]["content"] = f"{tag}\n{msgs[0]['content']}"
         return msgs
     return [{"role": "system", "content": tag}, *msgs]
+
+
+def over_context(n_in: int, n_out: int, max_model_len: int | None) -> Refused | None:
+    """The Refused for a request whose prompt and output the server's context cannot hold, else None."""
+    if not max_model_len or n_in + n_out <= max_model_len:
+        return None
+    return Refused(f"refused before sending: {n_in:,} prompt + {n_out:,} output tokens > max_model_len "
+                   f"{max_model_len:,}")
+
+
+def _bound(prompt: Prompt) -> int:
+    """More tokens than any tokenizer makes of this content: byte-level BPE makes at most one a byte,
+    SentencePiece at most a byte and a word marker; the JSON of a message list over-counts its structure."""
+    p = prompt.prompt if isinstance(prompt, Sized) else prompt
+    return 2 * len((p if isinstance(p, str) else json.dumps(p)).encode())
+
+
+class ContextChecked:
+    """A prompt source whose pool entries the server's context cannot hold come back Refused (numbers in the
+    reason), the rest as the source gives them. `refused` counts the pool entries refused."""
+
+    def __init__(self, source: Callable[[int], Prompt], size: int, refusals: dict[int, Refused]) -> None:
+        self.source, self.size, self.refusals = source, size, refusals
+        self.refused = len(refusals)
+
+    def __call__(self, i: int) -> Prompt | Refused:
+        return self.refusals.get(i % self.size) or self.source(i)
+
+
+class Counts(Protocol):
+    """What check_context needs of the server's tokenizer (engine/tokenizer.ServerTokenizer)."""
+
+    max_model_len: int | None
+
+    def count(self, prompt: Prompt) -> Awaitable[int | None]: ...
+
+
+async def check_context(source: Callable[[int], Prompt], size: int, tok: Counts, max_tokens: int, *,
+                        parallel: int = 16) -> tuple[ContextChecked, int | None]:
+    """The source with its over-context entries refused, and the server's max_model_len (None: unknown, nothing
+    refused). The pool's first pass is what is checked (a --unique-prefix tag moves a count by a token or two).
+    Only entries that COULD exceed the context are counted (`_bound`), so a large file costs a few calls."""
+    empty = await tok.count("")  # the template's own tokens; its answer also carries max_model_len
+    max_model_len = tok.max_model_len if empty is not None else None
+    if not max_model_len:
+        return ContextChecked(source, size, {}), None
+    sem = asyncio.Semaphore(parallel)
+
+    async def one(i: int) -> tuple[int, Refused | None]:
+        p = source(i)
+        out = p.max_tokens if isinstance(p, Sized) else max_tokens
+        if (empty or 0) + _bound(p) + out <= max_model_len:
+            return i, None
+        async with sem:
+            n = await tok.count(p)
+        return i, None if n is None else over_context(n, out, max_model_len)
+
+    done = await asyncio.gather(*(one(i) for i in range(size)))
+    return ContextChecked(source, size, {i: r for i, r in done if r is not None}), max_model_len

@@ -40,6 +40,7 @@ class RequestRecord:
     # never sent: the prompt source refused it (e.g. prompt + output over the server's max_model_len); `error`
     # says why. Counted in a level's `refused`, not in `failed`, and never fed to the error budget
     refused: bool = False
+    endpoint: str = ""  # several endpoints (engine/targets.py): the base URL it went to; "": the only one
 
     @property
     def e2el(self) -> float:
@@ -76,6 +77,7 @@ class RequestRecord:
             "turn": self.turn,
             "conversation": self.conversation,
             "refused": self.refused,
+            **({"endpoint": self.endpoint} if self.endpoint else {}),
         }
 
 

@@ -4,13 +4,14 @@ The session saves every control event with its time from the start: the concurre
 level run), pause, resume, a server restarted with other flags, and the end. Replayed, each stretch at one
 concurrency becomes a level held for the same time (measured from its first request, no settling: the point is
 to repeat what the person did, not to re-decide it), a pause becomes a wait, a restart a note (a server given
-by URL is not restarted by a replay).
+by URL is not restarted by a replay). A stretch of open loop (event "rate": the rate, its burstiness, the cap)
+becomes an open-loop level at that rate (headless LevelPlan mode "rate", the cap as its concurrency, 0: none).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-EVENTS = ("concurrency", "pause", "resume", "restart", "end")
+EVENTS = ("concurrency", "rate", "pause", "resume", "restart", "end")
 MIN_LEVEL_S = 0.5  # a stretch shorter than this (keys pressed in a row) is passed through, not measured
 
 
@@ -24,6 +25,9 @@ class Step:
     concurrency: int = 0
     duration_s: float = 0.0
     note: str = ""
+    mode: str = "steady"  # a level: "steady" (closed loop at `concurrency`) or "rate" (open loop at `rate`)
+    rate: float | None = None  # requests/s (mode "rate"); `concurrency` is then the cap, 0: none
+    burstiness: float = 1.0
 
 
 def read_timeline(data: object, where: str = "the session file") -> list[dict]:
@@ -40,6 +44,9 @@ def read_timeline(data: object, where: str = "the session file") -> list[dict]:
             raise ReplayError(f"{where}: timeline entry {i} has a bad time {t!r} (seconds, in order)")
         if ev["event"] == "concurrency" and not (isinstance(ev.get("value"), int) and ev["value"] >= 0):
             raise ReplayError(f"{where}: timeline entry {i} sets no concurrency")
+        if ev["event"] == "rate" and not _rate_ok(ev):
+            raise ReplayError(f"{where}: timeline entry {i} sets no request rate (value > 0, burstiness > 0, "
+                              "max_concurrency >= 0)")
         last = t
     return tl
 
@@ -51,15 +58,19 @@ def steps(timeline: list[dict], speed: float = 1.0) -> list[Step]:
         raise ReplayError(f"--speed must be a positive number, got {speed:g}")
     out: list[Step] = []
     conc, paused, since = 0, False, 0.0
+    rate: tuple[float, float] | None = None  # (rate, burstiness) while the open loop runs
 
     def close(t: float) -> None:
         d = (t - since) / speed
         if d <= 0:
             return
-        if paused or conc == 0:
+        if paused or (conc == 0 and rate is None):
             out.append(Step("wait", 0, d))
         elif d >= MIN_LEVEL_S:
-            out.append(Step("level", conc, d))
+            if rate is None:
+                out.append(Step("level", conc, d))
+            else:
+                out.append(Step("level", conc, d, mode="rate", rate=rate[0], burstiness=rate[1]))
 
     for ev in timeline:
         t, kind = float(ev["t_s"]), ev["event"]
@@ -71,7 +82,10 @@ def steps(timeline: list[dict], speed: float = 1.0) -> list[Step]:
         close(t)
         since = t
         if kind == "concurrency":  # saved when a segment opens, i.e. while the load runs: it resumes too
-            conc, paused = int(ev["value"]), False
+            conc, paused, rate = int(ev["value"]), False, None
+        elif kind == "rate":  # likewise; the cap is the level's concurrency
+            conc, paused = int(ev.get("max_concurrency") or 0), False
+            rate = (float(ev["value"]), float(ev.get("burstiness", 1.0)))
         elif kind == "pause":
             paused = True
         elif kind == "resume":
@@ -94,3 +108,12 @@ def _merge(out: list[Step]) -> list[Step]:
         else:
             merged.append(s)
     return merged
+
+
+def _rate_ok(ev: dict) -> bool:
+    def num(x: object) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf")
+
+    cap = ev.get("max_concurrency", 0)
+    return (num(ev.get("value")) and num(ev.get("burstiness", 1.0))
+            and isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0)

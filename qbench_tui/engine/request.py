@@ -75,7 +75,9 @@ async def stream_request(
     segment: int,
     concurrency: int,
     worker: int,
+    text: list[str] | None = None,
 ) -> RequestRecord:
+    """`text`: a list the answer's content is collected into (a conversation resends it); None: not decoded."""
     rec = RequestRecord(ok=False, segment=segment, concurrency=concurrency, worker=worker, start=0.0)
     try:
         path, body = build_request(spec, prompt)
@@ -87,7 +89,7 @@ async def stream_request(
         return rec
     rec.wall_start = time.time()
     start = rec.start = perf_counter()
-    timing = StreamTiming(start)
+    timing = StreamTiming(start, text)
     reply = await client.post(path, content, timing.feed, timing.end)
     rec.status = reply.status
     if reply.error:

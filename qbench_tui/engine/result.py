@@ -85,6 +85,34 @@ class TurnStat:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointStat:
+    """One endpoint's share of a level under several endpoints (engine/targets.py): its requests, tokens, rate
+    over the level's duration, TTFT and latency; `failures` by reason as the level's are."""
+
+    url: str
+    completed: int = 0
+    failed: int = 0
+    output_tokens: int = 0
+    output_throughput: float | None = None
+    ttft: Latency = field(default_factory=Latency)
+    e2el: Latency = field(default_factory=Latency)
+    failures: dict[str, int] = field(default_factory=dict)
+    down: str = ""  # dead at the level's end (engine/targets.py): the failure that made it so; "": alive
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "alive": not self.down, "down": self.down or None,
+                "completed": self.completed, "failed": self.failed,
+                "total_output_tokens": self.output_tokens, "output_throughput": self.output_throughput,
+                **self.ttft.to_json("ttft"), **self.e2el.to_json("e2el"), "failures": dict(self.failures)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> EndpointStat:
+        return cls(str(d.get("url") or ""), d.get("completed") or 0, d.get("failed") or 0,
+                   d.get("total_output_tokens") or 0, d.get("output_throughput"), Latency.from_json(d, "ttft"),
+                   Latency.from_json(d, "e2el"), dict(d.get("failures") or {}), d.get("down") or "")
+
+
+@dataclass(frozen=True, slots=True)
 class ServerLevel:
     """The server's side of one level, from its /metrics: counter deltas and gauge maxima over the level."""
 
@@ -273,6 +301,10 @@ class LevelResult:
     refused: int = 0
     refused_reasons: dict[str, int] = field(default_factory=dict)
     turns: tuple[TurnStat, ...] = ()  # multi-turn: one per turn seen, in turn order
+    endpoints: tuple[EndpointStat, ...] = ()  # several endpoints: one per endpoint, in the order given
+    # --prometheus: the level's window as Prometheus saw it (engine/prom_level.PromLevel.to_json(): Grafana's
+    # rate / increase / histogram_quantile), or {"error": ...}
+    server_promql: dict | None = None
 
     @property
     def behind_schedule(self) -> bool:
@@ -336,6 +368,10 @@ class LevelResult:
             d["refused_reasons"] = dict(self.refused_reasons)
         if self.turns:
             d["turns"] = [t.to_json() for t in self.turns]
+        if self.endpoints:
+            d["endpoints"] = [e.to_json() for e in self.endpoints]
+        if self.server_promql is not None:
+            d["server_promql"] = self.server_promql
         return d
 
     @classmethod
@@ -359,4 +395,6 @@ class LevelResult:
             schedule_lag=Dist.from_json(d.get("schedule_lag_ms"), 1000.0),
             refused=d.get("refused") or 0, refused_reasons=dict(d.get("refused_reasons") or {}),
             turns=tuple(TurnStat.from_json(t) for t in d.get("turns") or ()),
+            endpoints=tuple(EndpointStat.from_json(e) for e in d.get("endpoints") or ()),
+            server_promql=d.get("server_promql"),
         )

@@ -8,6 +8,8 @@ A request's tokens are known only when it ends, so "the last five seconds" ends 
 - latency views cover the requests whose FIRST TOKEN came in it: the population the server's own mean TTFT
   (its histogram's deltas over the same span) covers, so the two compare;
 - failures count by when they ended.
+Under several endpoints each record names its endpoint; the window keeps a few counters per endpoint beside its
+own (requests, tokens, the TTFT values: the same records, split, not a second window), for the dashboard's rows.
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class RollingWindow:
         self._completed = 0
         self._failed = 0
         self._failures: Counter[str] = Counter()
+        self._eps: dict[str, _EndpointCounts] = {}  # several endpoints: each one's share of the window
 
     def reset(self, now: float) -> None:
         self._pending.clear()
@@ -65,6 +68,7 @@ class RollingWindow:
         self._t0 = self._h = now
         self._out_tokens = self._completed = self._failed = 0
         self._failures.clear()
+        self._eps.clear()
 
     def add(self, rec: RequestRecord) -> None:
         if self._own:
@@ -73,6 +77,11 @@ class RollingWindow:
 
     def _enter(self, key: float, rec: RequestRecord) -> None:
         self._recs.append((key, rec))
+        if rec.endpoint:
+            ep = self._eps.get(rec.endpoint)
+            if ep is None:
+                ep = self._eps[rec.endpoint] = _EndpointCounts()
+            ep.enter(rec)
         if rec.ok:
             self._completed += 1
             self._out_tokens += rec.out_tokens
@@ -86,6 +95,8 @@ class RollingWindow:
             self._failures[rec.error or "unknown"] += 1
 
     def _leave(self, rec: RequestRecord) -> None:
+        if rec.endpoint:
+            self._eps[rec.endpoint].leave(rec)
         if rec.ok:
             self._completed -= 1
             self._out_tokens -= rec.out_tokens
@@ -157,3 +168,41 @@ class RollingWindow:
 
     def failures(self) -> dict[str, int]:
         return dict(self._failures.most_common())
+
+    @property
+    def out_tokens(self) -> int:
+        """Output tokens of the ok records in the window (the denominator of an endpoint's share)."""
+        return self._out_tokens
+
+    def endpoint_counts(self, url: str) -> _EndpointCounts | None:
+        """That endpoint's records in the window (None: none seen since the window began)."""
+        return self._eps.get(url)
+
+
+class _EndpointCounts:
+    """One endpoint's records in the window: counts and its ok records' TTFTs, in window order (they leave from
+    the left as the window's own do, so a deque pops them in order)."""
+
+    __slots__ = ("completed", "failed", "out_tokens", "ttft")
+
+    def __init__(self) -> None:
+        self.completed = self.failed = self.out_tokens = 0
+        self.ttft: deque[float] = deque()
+
+    def enter(self, rec: RequestRecord) -> None:
+        if rec.ok:
+            self.completed += 1
+            self.out_tokens += rec.out_tokens
+            if rec.ttft is not None:
+                self.ttft.append(rec.ttft)
+        else:
+            self.failed += 1
+
+    def leave(self, rec: RequestRecord) -> None:
+        if rec.ok:
+            self.completed -= 1
+            self.out_tokens -= rec.out_tokens
+            if rec.ttft is not None:
+                self.ttft.popleft()
+        else:
+            self.failed -= 1

@@ -26,6 +26,10 @@ from .window import CV_STEP_S, WAVE_RULE, Bounds, Clocks, steady_rule, windowed_
 
 EXACT_LIMIT = 20_000  # per-request values kept exactly per segment before folding into a histogram
 INF = float("inf")
+LIVE_OPEN_RULE = ("live open loop: rates: output tokens arriving in [start, end) and each request's share of its "
+                  "life in it, per second; latencies: ok requests started in [start, started_until) and ended by "
+                  "ended_by; starts once the previous level's requests have all ended (no CV test: arrivals are "
+                  "random by design); schedule lag = actual send - due time")
 
 
 def _tally() -> LevelTally:
@@ -56,6 +60,8 @@ class SegmentStats:
     ended_by: float = INF
     window_end: float | None = None  # rates end here (a step edge) once the segment has ended
     transition: bool = False  # ended without settling: never a level
+    rate: float | None = None  # an open-loop segment: the request rate held (`concurrency` is its cap, 0: none)
+    burstiness: float | None = None
     _held: list[RequestRecord] = field(default_factory=list)  # records not yet in (or out of) the tally
     _frontier: float = -INF  # a current segment: the tally holds the requests that started before this edge
     _asof: float = -INF  # ... and ended by this time
@@ -213,9 +219,14 @@ class SegmentStats:
         if b is None:
             return None
         cv = step_cv(timeline.out_per(b.start, b.end, CV_STEP_S))
-        return windowed_result(self.tally, timeline.totals(b.start, b.end), b, self.concurrency, clocks,
-                               rule=steady_rule(self.rule), cv=cv, segment=self.segment, mode="live", server=srv,
-                               server_config=self.server_config, client=self.client.result())
+        if self.rate is None:
+            c, rule, open_loop = self.concurrency, steady_rule(self.rule), {}
+        else:  # as headless open levels are: the cap (None: none) and the rate asked for
+            c, rule = self.concurrency or None, LIVE_OPEN_RULE
+            open_loop = {"request_rate": self.rate, "burstiness": self.burstiness}
+        return windowed_result(self.tally, timeline.totals(b.start, b.end), b, c, clocks,
+                               rule=rule, cv=cv, segment=self.segment, mode="live", server=srv,
+                               server_config=self.server_config, client=self.client.result(), **open_loop)
 
     def level(self, series: ServerSeries, horizon: float, now: float, clocks: Clocks) -> LevelResult | None:
         """advance(), then this segment as a level with the server's stats over the same window: the scrapes

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import httpx
 
-from qbench_tui.engine.metrics_parse import MetricsParseError, ServerSample, parse_metrics
+from qbench_tui.engine.metrics_parse import MetricsParseError, ServerSample, parse_metrics, per_engine
 from qbench_tui.engine.tls import make_ssl_context
 
 
@@ -152,7 +152,7 @@ async def fetch_info(client: httpx.AsyncClient) -> tuple[str | None, list[str]]:
 
 PROBE_KEYS = ("kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "prefix_cache_hit_rate",
               "num_requests_running", "num_requests_waiting", "num_preemptions", "prompt_tokens",
-              "generation_tokens", "engines", "metrics_schema", "vllm_version", "models")
+              "generation_tokens", "engines", "metrics_schema", "vllm_version", "models", "per_engine")
 
 
 async def probe(url: str, api_key: str | None = None, timeout: float = 5.0, *, ca_cert: str = "",
@@ -166,9 +166,11 @@ async def probe(url: str, api_key: str | None = None, timeout: float = 5.0, *, c
     if all(isinstance(r, httpx.TransportError) for r in (rm, rv, rmod)):
         raise ServerUnreachable(f"server unreachable at {url}: {_describe(rm)}")  # type: ignore[arg-type]
     s = ServerSample(t=time.monotonic(), schema="none", engines=0)
+    engines: dict[str, ServerSample] = {}
     if isinstance(rm, httpx.Response) and rm.status_code == 200:
         try:
             s = parse_metrics(rm.text, s.t)
+            engines = per_engine(rm.text, s.t) if s.engines > 1 else {}
         except MetricsParseError:
             pass  # a page we cannot read tells us nothing: report it as no metrics
     hit = None
@@ -190,4 +192,9 @@ async def probe(url: str, api_key: str | None = None, timeout: float = 5.0, *, c
         "metrics_schema": s.schema,
         "vllm_version": _version_of(rv),
         "models": _models_of(rmod),
+        # data parallelism: each engine's own numbers beside the sums above
+        "per_engine": {e: {"kv_cache_usage": x.kv_cache_usage, "num_requests_running": x.num_running,
+                           "num_requests_waiting": x.num_waiting, "num_preemptions": x.num_preemptions,
+                           "prompt_tokens": x.prompt_tokens, "generation_tokens": x.generation_tokens}
+                       for e, x in engines.items()} or None,
     }

@@ -6,15 +6,17 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..report.files import RunMeta, write_results
+from ..report.files import RunMeta
 from ..server.gpu import GpuSample, sample_gpus
 from .auto_live import LiveLadder
 from .client_health import ClientHealth
 from .knee import Knee, find_knee
 from .live_commands import apply_command
-from .live_view import E2EL_EDGES, HISTORY, ITL_EDGES, TTFT_EDGES, server_ttft, server_view
+from .live_fleet import LiveFleet, endpoint_rows, server_poller, start_fleet, wants_parts
+from .live_open import OPEN_SETTLE, LagWindow, LiveOpenLoop, behind_schedule
+from .live_save import final_save, not_started, save_session
+from .live_view import E2EL_EDGES, HISTORY, ITL_EDGES, LAG_EDGES, TTFT_EDGES, server_ttft, server_view
 from .load import LoadEngine
 from .metrics_parse import ServerSample
 from .prompts import describe_source, make_prompt_source
@@ -23,7 +25,7 @@ from .records import RequestRecord, RequestSpec
 from .result import LevelResult
 from .rolling import RollingWindow
 from .segments import SegmentStats
-from .server_poll import MetricsPoller, fetch_info, side_client
+from .server_poll import fetch_info, side_client
 from .server_series import ServerSeries
 from .snapshot import (
     Command,
@@ -32,9 +34,12 @@ from .snapshot import (
     SegmentRow,
     ServerView,
     SetConcurrency,
+    SetMode,
     Snapshot,
+    Stop,
 )
 from .stats import latency_view
+from .targets import with_endpoints
 from .views import GenRates, client_limit_why, curve_points, segment_rows
 from .window import Clocks
 
@@ -58,6 +63,14 @@ class SessionConfig:
     extra_meta: dict = field(default_factory=dict)
     min_segment_s: float = MIN_SEGMENT_S  # a segment shorter than this is a key-repeat transition, not a level
     config_sources: tuple[tuple[str, str], ...] = ()  # Config.sources (+ the API key's origin) for the results
+    # open loop from the start (`--request-rate`): requests/s, gamma shape, at most rate_cap in flight (0: no cap)
+    start_rate: float = 0.0
+    burstiness: float = 1.0
+    rate_cap: int = 0
+    # [fleet] (config.FleetConfig): several endpoints, metrics from elsewhere, the exporter, client shards
+    # (engine/live_fleet.py); None or asking nothing: one endpoint, its /metrics, this process
+    fleet: object | None = None
+    planned_concurrency: int = 0  # what the shard count defaults from (engine/fleet.procs_for)
 
 
 class EngineSession:
@@ -65,8 +78,17 @@ class EngineSession:
         self.cfg = cfg
         self.emit = emit
         self.spec = cfg.spec
-        prompts = make_prompt_source(cfg.prompt, cfg.prompts_file, cfg.prompt_len, cfg.unique_prefix)
-        self.engine = LoadEngine(cfg.spec, prompts, on_record=self._on_record)
+        self.prompts = make_prompt_source(cfg.prompt, cfg.prompts_file, cfg.prompt_len, cfg.unique_prefix)
+        self.engine = LoadEngine(cfg.spec, self.prompts, on_record=self._on_record)
+        # the fleet's parts open on the session's loop (run): until then commands wait, so none reaches an engine
+        # without its shards or endpoints; engine/live_fleet.start_fleet puts them in place
+        headers = {"Authorization": f"Bearer {cfg.spec.api_key}"} if cfg.spec.api_key else {}
+        want = wants_parts(cfg.fleet, cfg.planned_concurrency or cfg.start_concurrency)
+        self.fleet = LiveFleet(cfg.fleet, cfg.spec, cfg.planned_concurrency or cfg.start_concurrency,
+                               headers) if want else None
+        self.queued: list[Command] | None = [] if want else None
+        self.targets = self.exporter = self.metrics_source = None
+        self.exit_code = 0  # Snapshot.exit_code
         # the live rates and latency views: the last window_s seconds of complete data (engine/rolling.py)
         self.window = RollingWindow(cfg.window_s, timeline=self.engine.timeline, horizon=self.engine.horizon)
         self._clocks = Clocks.now()  # perf_counter -> monotonic (the server's scrapes) and wall clock
@@ -113,11 +135,19 @@ class EngineSession:
         self._gen_rates = GenRates(HISTORY)
         self.auto: LiveLadder | None = None  # the latest ladder (kept after it ends: its levels, slo, verdict)
         self._client_sampled = 0.0  # perf_counter of the last client sample into the open segment
+        # closed loop: the load engine's workers hold a concurrency; open loop: `open` sends at a rate
+        self.mode = "closed"
+        self.open: LiveOpenLoop | None = None  # the latest open loop (kept while closed: its rate is the next start)
+        self.closed_target = 0  # the closed loop's concurrency, restored when the open loop ends
+        self.lag = LagWindow(cfg.window_s)  # open-loop requests' schedule lag over the rolling window
 
     # ------------------------------------------------------------ records and segments
 
     def _on_record(self, r: RequestRecord) -> None:
         self.window.add(r)
+        if self.exporter is not None:
+            self.exporter.observe(r)
+        self.lag.add(r)
         seg = self.segments.get(r.segment)
         if seg is not None:
             seg.add(r)
@@ -139,12 +169,25 @@ class EngineSession:
         """One control event into the saved timeline (engine/replay.py reads it back for `qbench replay`)."""
         self.meta.timeline.append({"t_s": round(time.perf_counter() - self._t0, 3), "event": event, **detail})
 
+    @property
+    def open_loop(self) -> bool:
+        return self.mode == "open" and self.open is not None
+
     def open_segment(self) -> None:
+        """A segment for what is held from now: the concurrency (closed loop) or the rate (open loop, its cap as
+        the segment's concurrency, 0: none)."""
         now = time.perf_counter()
         self.close_segment(now)
-        self.mark("concurrency", value=self.engine.target)
-        seg = SegmentStats(self.engine.segment, self.engine.target, now, mono_start=time.monotonic(),
-                           server_config=self.server_config, timeline=self.engine.timeline)
+        op = self.open if self.open_loop else None
+        if op is None:
+            self.mark("concurrency", value=self.engine.target)
+            seg = SegmentStats(self.engine.segment, self.engine.target, now, mono_start=time.monotonic(),
+                               server_config=self.server_config, timeline=self.engine.timeline)
+        else:
+            self.mark("rate", value=op.rate, burstiness=op.burstiness, max_concurrency=op.cap)
+            seg = SegmentStats(self.engine.segment, op.cap, now, mono_start=time.monotonic(),
+                               server_config=self.server_config, timeline=self.engine.timeline, rule=OPEN_SETTLE,
+                               rate=op.rate, burstiness=op.burstiness)
         self.segments[seg.segment] = seg
         self.current = seg
 
@@ -176,6 +219,9 @@ class EngineSession:
     # ------------------------------------------------------------ commands
 
     def handle(self, cmd: Command) -> None:
+        if self.queued is not None and not isinstance(cmd, Stop):
+            self.queued.append(cmd)
+            return
         apply_command(self, cmd)
 
     # ------------------------------------------------------------ saving
@@ -187,12 +233,12 @@ class EngineSession:
         h = self.engine.horizon(now)
         out = []
         for seg in self.segments.values():
-            if seg.concurrency <= 0 or seg.seen == 0:
+            if (seg.concurrency <= 0 and seg.rate is None) or seg.seen == 0:
                 continue
             lv = self.segment_result(seg, h, now)
             if lv is None or (lv.duration_s < self.cfg.min_segment_s and not seg.explicit):
                 continue
-            out.append(lv)
+            out.append(with_endpoints(lv, self.targets) if self.targets is not None else lv)
         return out
 
     def _sample_client(self) -> None:
@@ -204,40 +250,10 @@ class EngineSession:
             self.current.client.add(self.health.cpu_pct, self.health.lag_max)
 
     def save(self, out_dir: str | None = None) -> tuple[str, ...]:
-        out = Path(out_dir or self.cfg.out_dir)
-        self.log.flush()
-        levels = self.segment_levels()
-        self.meta.vllm_version = self.version
-        self.meta.levels = tuple(lv.max_concurrency or 0 for lv in levels)
-        self.meta.config_sources = dict(self.cfg.config_sources)
-        same = [lv for lv in levels if lv.server_config == self.server_config]
-        events = self.meta.timeline
-        self.meta.timeline = [*events, {"t_s": round(time.perf_counter() - self._t0, 3), "event": "end"}]
-        try:
-            txt, js = write_results(out, self.base, self.meta, levels, find_knee(same))
-        except OSError as e:
-            self.save_error = self.message = f"save failed: {e}"
-            return ()
-        finally:
-            self.meta.timeline = events
-        self.saved = (str(txt), str(js), str(self.log.path))
-        self.save_error = ""
-        self._saved_records = self.log.count
-        self.message = f"saved {txt}"
-        return self.saved
+        return save_session(self, out_dir)
 
     def _final_save(self) -> None:
-        """However the session ends (the face's Stop, its pipe closing, SIGTERM from a dying face), what was
-        measured is written; a save the face just asked for is not repeated unless records came after it."""
-        if self.saved and self._saved_records == self.log.count:
-            return
-        said = self.message
-        try:
-            self.save()
-        except Exception as e:  # the last Snapshot must still go out
-            self.save_error = f"save failed: {type(e).__name__}: {e}"
-        if self.status is EngineStatus.ERROR:
-            self.message = said  # the error is the news, not the save
+        final_save(self)
 
     def check_self_pause(self) -> None:
         """The session's own reasons to stop loading, looked at every tick: the error budget tripped (the load
@@ -267,13 +283,19 @@ class EngineSession:
         self._sample_client()
         levels = self.segment_levels()
         self.rows = segment_rows(levels)
-        # a knee across two server configs would compare different servers: only the current config's segments
-        same = [lv for lv in levels if lv.server_config == self.server_config]
+        same = self.knee_levels(levels)
         slo = self.auto.slo if self.auto is not None else ()
         self.knee_result = find_knee(same, slo=slo) if len(same) >= 2 else None
         self.knee = self.knee_result.summary if self.knee_result else ""
         ladder = self.auto.segment_ids if self.auto is not None else set()
-        self.curve = curve_points(same, ladder)
+        # the curve's axis is concurrency: the closed loop's levels (an open level's cap is not its load)
+        self.curve = curve_points(self.knee_levels(levels, mode="closed"), ladder)
+
+    def knee_levels(self, levels: list[LevelResult], mode: str | None = None) -> list[LevelResult]:
+        """The levels a knee is looked for among: the current server config's (two configs are different
+        servers) and one loop's, the current one's unless `mode` says (concurrency and rate are different axes)."""
+        rate = (mode or self.mode) == "open"
+        return [lv for lv in levels if lv.server_config == self.server_config and (lv.request_rate is not None) == rate]
 
     def snapshot(self) -> Snapshot:
         rows, knee = self.rows, self.knee
@@ -284,10 +306,14 @@ class EngineSession:
         if status is EngineStatus.RUNNING and (self.engine.paused or self.paused_why):
             status = EngineStatus.PAUSED
         h = self.health
+        op = self.open if self.open_loop else None
+        lag = latency_view(self.lag.values(now), LAG_EDGES)
+        tok_s = w.out_tok_s(now)
         return Snapshot(
-            t=now - self._t0, status=status, target_concurrency=self.engine.target,
+            t=now - self._t0, status=status,
+            target_concurrency=self.engine.target if op is None else self.closed_target,
             in_flight=self.engine.in_flight, segment=self.engine.segment, window_s=self.cfg.window_s,
-            out_tok_s=w.out_tok_s(now), req_s=w.req_s(now), completed_total=self.completed_total,
+            out_tok_s=tok_s, req_s=w.req_s(now), completed_total=self.completed_total,
             failed_total=self.failed_total, tok_s_history=tuple(self.tok_hist[-HISTORY:]),
             ttft=latency_view(w.ttft_values(), TTFT_EDGES), itl=w.itl_view(ITL_EDGES),
             e2el=latency_view(w.e2el_values(), E2EL_EDGES),
@@ -298,7 +324,12 @@ class EngineSession:
             simulated=self.cfg.simulated, message=self.message, saved=self.saved, knee=knee, ack=self.ack,
             curve=self.curve, verdict=self.knee_result,
             auto=self.auto_state if self.auto is not None and self.auto.running else "",  # "" = no ladder runs
-            paused_why=self.paused_why, save_error=self.save_error,
+            paused_why=self.paused_why, save_error=self.save_error, mode=self.mode,
+            request_rate=None if op is None else op.rate, burstiness=None if op is None else op.burstiness,
+            rate_cap=0 if op is None else op.cap, schedule_lag=lag,
+            behind_schedule=op is not None and behind_schedule(op.rate, lag.p99),
+            endpoints=endpoint_rows(self.targets, w, tok_s) if self.targets is not None else (),
+            exit_code=self.exit_code,
         )
 
     # ------------------------------------------------------------ background tasks
@@ -324,8 +355,11 @@ class EngineSession:
 
     async def run(self) -> None:
         loop_tasks = [asyncio.create_task(self.health.lag_monitor()), asyncio.create_task(self._per_second())]
+        if self.fleet is not None and not await start_fleet(self):
+            await not_started(self, loop_tasks)
+            return
         tls = {"ca_cert": self.spec.ca_cert, "insecure": self.spec.insecure}
-        poller = MetricsPoller(self.spec.url, self.spec.api_key, 1.0, self._on_sample, self._on_error, **tls)
+        poller = server_poller(self)
         loop_tasks.append(asyncio.create_task(poller.run()))
         try:
             headers = {"Authorization": f"Bearer {self.spec.api_key}"} if self.spec.api_key else {}
@@ -336,7 +370,10 @@ class EngineSession:
         self.status = EngineStatus.RUNNING
         if self.cfg.start_paused:
             self.engine.pause()
-        if self.cfg.start_concurrency:
+        if self.cfg.start_rate:
+            self.handle(SetMode("open", self.cfg.start_rate, self.cfg.burstiness, self.cfg.rate_cap,
+                                self.cfg.start_concurrency))
+        elif self.cfg.start_concurrency:
             self.handle(SetConcurrency(self.cfg.start_concurrency))
         period = 1.0 / self.cfg.hz
         tick = 0
@@ -359,11 +396,18 @@ class EngineSession:
             if self.status is not EngineStatus.ERROR:
                 self.status = EngineStatus.STOPPED
             poller.stop()
+            if self.open is not None:
+                self.open.stop()
             self.close_segment(time.perf_counter())
             await self.engine.stop()
             for t in loop_tasks:
                 t.cancel()
             await asyncio.gather(*loop_tasks, return_exceptions=True)
+            if self.fleet is not None:  # shards, exporter, metrics source: nothing outlives the session
+                try:
+                    await self.fleet.close()
+                except Exception as e:  # what was measured is still saved below
+                    self.message = f"closing the fleet: {type(e).__name__}: {e}"
             self._final_save()
             self.log.close()
             try:

@@ -22,6 +22,19 @@ def clamp_concurrency(n: int) -> int:
     return max(0, min(MAX_CONCURRENCY, int(n)))
 
 
+MIN_RATE = 0.01  # requests/s: one request every 100 s, below which a live level never gathers enough requests
+MAX_RATE = 10_000.0  # requests/s: past what one client process sends (PERFORMANCE.md), a typo rather than a load
+
+
+def clamp_rate(r: float) -> float:
+    """The one bounds rule for an open loop's request rate (face before sending, engine on receipt); a rate that
+    is not a number falls to the minimum."""
+    r = float(r)
+    if r != r:  # NaN
+        return MIN_RATE
+    return max(MIN_RATE, min(MAX_RATE, r))
+
+
 # ---------------------------------------------------------------- commands (face -> engine)
 # `seq` is left out of equality: a command means the same whichever number it travelled under.
 
@@ -100,8 +113,30 @@ class StopAuto:
     seq: int = field(default=0, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class SetMode:
+    """Closed loop (a concurrency held) or open loop (requests sent at `rate` requests/s on gamma arrivals of shape
+    `burstiness`, at most `max_concurrency` in flight, 0: no cap). Open: `rate` 0 lets the engine start from the
+    request throughput it measures now. `concurrency`: the closed loop's target to keep (0: the engine's own)."""
+
+    mode: str  # "closed" | "open"
+    rate: float = 0.0
+    burstiness: float = 1.0
+    max_concurrency: int = 0
+    concurrency: int = 0
+    seq: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SetRate:
+    """The open loop's request rate (requests/s): the schedule starts afresh from now, a new segment."""
+
+    rate: float
+    seq: int = field(default=0, compare=False)
+
+
 Command = (SetConcurrency | Pause | Resume | ResetWindow | RunLevel | Save | Stop | ServerConfigChanged | AutoLadder
-           | StopAuto)
+           | StopAuto | SetMode | SetRate)
 
 # ---------------------------------------------------------------- snapshot pieces (engine -> face)
 
@@ -184,6 +219,9 @@ class SegmentRow:
     preemptions: float | None = None
     waiting_max: float | None = None
     server_config: str = ""  # the launched server's flags while it ran ("" when not known)
+    request_rate: float | None = None  # an open-loop segment: the rate held (`concurrency` is then its cap, 0: none)
+    lag_p99: float | None = None  # ... and its schedule lag's p99, seconds
+    behind_schedule: bool = False  # ... and whether it fell behind (LevelResult.behind_schedule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +237,23 @@ class CurvePoint:
     steady: bool = True  # False: the settle cap was hit before throughput was steady
     auto: bool = False  # measured by the ladder
     server_config: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRow:
+    """One endpoint's line under several endpoints (engine/targets.py): alive or dead and why, its requests in
+    flight, and its share of the rolling window (tokens, requests, TTFT p50 of its own requests)."""
+
+    url: str
+    alive: bool = True
+    in_flight: int = 0
+    why: str = ""  # dead: the failure that made it so
+    share: float = 0.0  # of the window's output tokens, 0..1
+    out_tok_s: float = 0.0  # share x the window's rate
+    completed: int = 0  # in the window
+    failed: int = 0
+    ttft_p50: float | None = None  # seconds, its own requests in the window
+    sent: int = 0  # requests sent to it this session (a dead one's probes included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,3 +294,15 @@ class Snapshot:
     # ..."). Resume clears a tripped budget; a full disk stays until the session ends.
     paused_why: str = ""
     save_error: str = ""  # the latest save's failure ("save failed: ..."), "" once a save worked
+    # the load's mode: "closed" (target_concurrency held) or "open" (request_rate sent whatever the server's pace;
+    # target_concurrency is then the closed loop's target, the one `o` returns to)
+    mode: str = "closed"
+    request_rate: float | None = None  # open loop: the rate asked for (requests/s)
+    burstiness: float | None = None
+    rate_cap: int = 0  # open loop: at most this many in flight (0: no cap)
+    schedule_lag: LatencyView = field(default_factory=LatencyView)  # open loop: send - due, over the rolling window
+    behind_schedule: bool = False  # the window's lag breaks LevelResult.behind_schedule's rule
+    endpoints: tuple[EndpointRow, ...] = ()  # several endpoints: one row each, in the order given; () for one
+    # the session could not start (a fleet flag that cannot be, Prometheus or Ray not answering): the status the
+    # command exits with (2: usage, 1: unreachable), the line in `message`; 0 otherwise
+    exit_code: int = 0

@@ -6,15 +6,17 @@ No numpy: the engine process stays light, and these lists are small enough for s
 from __future__ import annotations
 
 import math
+import re
 from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import NamedTuple
 
 from qbench_tui.engine.histogram import LogHistogram
 from qbench_tui.engine.records import RequestRecord
-from qbench_tui.engine.result import ClientLevel, Dist, Latency, LevelResult, TurnStat
+from qbench_tui.engine.result import ClientLevel, Dist, EndpointStat, Latency, LevelResult, TurnStat
 from qbench_tui.engine.snapshot import LatencyView
 
 
@@ -107,6 +109,9 @@ class Samples:
         return Latency(sum(xs) / len(xs), _pct_sorted(xs, 50), _pct_sorted(xs, 90), _pct_sorted(xs, 99))
 
 
+_REFUSAL_NUMBERS = re.compile(r"\d[\d,]*( prompt| output| tokens of history)")
+
+
 class LevelTally:
     """What a level's summary needs, accumulated record by record: a live segment adds records as they finish,
     a headless level adds its list at the end. Warm-up records are dropped entirely; failed ones count in
@@ -114,7 +119,7 @@ class LevelTally:
 
     __slots__ = ("completed", "failed", "in_tokens", "out_tokens", "estimated", "failures", "ttft", "tpot", "e2el",
                  "itl", "first_start", "last_end", "in_lens", "out_lens", "lag", "tops", "refused", "refused_reasons",
-                 "turns", "_limits")
+                 "turns", "endpoints", "_limits")
 
     def __init__(self, exact_limit: int | None = None, itl_exact: bool = True, compact: bool = False) -> None:
         self.completed = self.failed = self.in_tokens = self.out_tokens = self.estimated = 0
@@ -129,6 +134,7 @@ class LevelTally:
         self.refused = 0
         self.refused_reasons: Counter[str] = Counter()
         self.turns: dict[int, list] = {}  # turn -> [ok requests, TTFT samples, prompt tokens]
+        self.endpoints: dict[str, LevelTally] = {}  # several endpoints: each one's own tally (no deeper)
         self._limits = (exact_limit, compact)
 
     def add(self, r: RequestRecord) -> None:
@@ -136,8 +142,15 @@ class LevelTally:
             return
         if r.refused:  # never sent: no time, no tokens, not a failure of the server
             self.refused += 1
-            self.refused_reasons[r.error or "refused"] += 1
+            # by kind, not by length: "N prompt + N output tokens > max_model_len 4,096" (the record keeps the numbers)
+            self.refused_reasons[_REFUSAL_NUMBERS.sub(r"N\1", r.error) if r.error else "refused"] += 1
             return
+        if r.endpoint:
+            sub = self.endpoints.get(r.endpoint)
+            if sub is None:
+                sub = self.endpoints[r.endpoint] = LevelTally(*self._limits[:1], itl_exact=False,
+                                                              compact=self._limits[1])
+            sub.add(replace(r, endpoint=""))
         if r.scheduled is not None:  # open loop: a failed request was late too
             lag = max(0.0, r.start - r.scheduled)
             self.lag.add(lag)
@@ -172,6 +185,12 @@ class LevelTally:
             if r.ttft is not None:
                 t[1].add(r.ttft)
             t[2] += r.in_tokens
+
+    def endpoint_stats(self, duration_s: float) -> tuple[EndpointStat, ...]:
+        rate = (lambda x: x / duration_s) if duration_s and duration_s > 0 else (lambda x: None)
+        return tuple(EndpointStat(url, t.completed, t.failed, t.out_tokens, rate(t.out_tokens), t.ttft.latency(),
+                                  t.e2el.latency(), dict(t.failures.most_common()))
+                     for url, t in sorted(self.endpoints.items()))
 
     def turn_stats(self) -> tuple[TurnStat, ...]:
         return tuple(TurnStat(k, n, ttft.latency(), (tokens / n) if n else None)
@@ -229,7 +248,8 @@ def level_result(tally: LevelTally, duration_s: float, max_concurrency: int | No
         failures=dict(tally.failures.most_common()), tokens_estimated=tally.estimated,
         input_lens=tally.in_lens.dist(tally.tops[0]), output_lens=tally.out_lens.dist(tally.tops[1]),
         schedule_lag=tally.lag.dist(tally.tops[2]), refused=tally.refused,
-        refused_reasons=dict(tally.refused_reasons.most_common()), turns=tally.turn_stats(), **context,
+        refused_reasons=dict(tally.refused_reasons.most_common()), turns=tally.turn_stats(),
+        endpoints=tally.endpoint_stats(duration_s), **context,
     )
 
 

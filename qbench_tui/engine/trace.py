@@ -5,15 +5,22 @@ sharing) — replayed at their own timing or scaled by `--time-scale`.
 
 Each hash id becomes a fixed run of words seeded by the id, so two requests with the same leading ids share that
 prefix text exactly (and the server's prefix cache can hit it), and the rest of the prompt is the request's own.
+With the server's /tokenize (size_trace), a block is TRACE_BLOCK_TOKENS tokens by the server's tokens per word and
+each whole prompt is fitted to its input_length by the server's count, as engine/datasets.py fits its prompts; a
+request that cannot fit the server's context with its output is Refused (counted, never sent). Without /tokenize:
+one word a token, the template not counted.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-from .datasets import words
+from .datasets import Count, Fit, Sizing, calibrate, fit_words, words
+from .prompts import Refused, Sized
 
 TRACE_BLOCK_TOKENS = 512  # Mooncake's block size for hash_ids
 _ALIASES = {"timestamp": ("timestamp", "ts"), "input_length": ("input_length", "input_len", "ContextTokens"),
@@ -92,31 +99,109 @@ def load_trace(path: str, time_scale: float = 1.0, limit: int | None = None) -> 
     return out
 
 
+@lru_cache(maxsize=8192)  # a trace reuses its blocks (that is its prefix sharing): made once, joined per request
+def block_words(hash_id: int, n: int = TRACE_BLOCK_TOKENS) -> tuple[str, ...]:
+    """The n words standing for one hash id: the same id gives the same text in every request."""
+    return tuple(words(random.Random(f"trace-block:{hash_id}"), n))
+
+
 def block_text(hash_id: int, tokens: int = TRACE_BLOCK_TOKENS) -> str:
-    """The words standing for one hash id: the same id gives the same text in every request."""
-    return " ".join(words(random.Random(f"trace-block:{hash_id}"), tokens))
+    return " ".join(block_words(hash_id, tokens))
+
+
+def stream(req: TraceRequest, index: int, k: int, block_n: int = TRACE_BLOCK_TOKENS) -> list[str]:
+    """The first k words of a request's content: its hash ids' blocks of block_n words each, then its own words
+    (the trace's last block is partial in the same way: cut where the length ends)."""
+    out: list[str] = []
+    for h in req.hash_ids:
+        if len(out) >= k:
+            break
+        out.extend(block_words(h, block_n))
+    if len(out) < k:
+        out.extend(words(random.Random(f"trace-own:{index}"), k - len(out)))
+    return out[:k]
 
 
 def trace_prompt(req: TraceRequest, index: int) -> str:
-    """About input_length words: the shared blocks its hash ids name, then its own words. (Sized by word count,
-    about a token each; the achieved lengths are saved from the server's usage.)"""
-    shared = [block_text(h) for h in req.hash_ids]
-    have = len(req.hash_ids) * TRACE_BLOCK_TOKENS
-    if have > req.input_length and shared:
-        # the last block is partial in the trace too
-        keep = req.input_length - (len(shared) - 1) * TRACE_BLOCK_TOKENS
-        shared[-1] = " ".join(shared[-1].split()[:max(0, keep)])
-        have = req.input_length
-    own = " ".join(words(random.Random(f"trace-own:{index}"), max(0, req.input_length - have)))
-    return " ".join(x for x in (*shared, own) if x)
+    """The approximation without the server's count: input_length words (about a token each), template not
+    counted."""
+    return " ".join(stream(req, index, req.input_length))
 
 
 def trace_prompts(reqs: list[TraceRequest]):
-    """prompts(i) for a trace: the i-th request's prompt with its own output length."""
-    from .prompts import Sized
-
+    """prompts(i) for a trace, approximately sized (trace_prompt): the i-th request's prompt with its own output
+    length. size_trace sizes them by the server's count."""
     def prompt(i: int) -> Sized:
         r = reqs[i % len(reqs)]
         return Sized(trace_prompt(r, i), r.output_length)
 
     return prompt
+
+
+@dataclass
+class TracePrompts:
+    """prompts(i) for a sized trace: request i's content rendered from its sizing (k words, the last maybe
+    swapped) at send time — a trace of thousands of long prompts is not held as text — with its own output
+    length, or Refused when the server's context cannot hold it."""
+
+    reqs: list[TraceRequest]
+    fits: list[Fit]
+    block_n: int  # words per hash-id block: TRACE_BLOCK_TOKENS tokens by the server's tokens per word
+    sizing: Sizing
+    refusals: dict[int, Refused]
+    max_model_len: int | None = None
+
+    def content(self, i: int) -> str:
+        r, f = self.reqs[i], self.fits[i]
+        return " ".join(f.chosen(lambda k: stream(r, i, k, self.block_n)))
+
+    def __call__(self, i: int) -> Sized | Refused:
+        i %= len(self.reqs)
+        if (no := self.refusals.get(i)) is not None:
+            return no
+        return Sized(self.content(i), self.reqs[i].output_length)
+
+    @property
+    def counted(self) -> list[int | None]:
+        return [f.got for f in self.fits]
+
+
+async def size_trace(reqs: list[TraceRequest], count: Count | None, max_model_len=lambda: None, *,
+                     parallel: int = 16) -> TracePrompts:
+    """Each request's prompt at its input_length by the server's count (count: its /tokenize; None: the
+    approximation), hash-id blocks shared word for word between the requests that name them; a request whose
+    prompt and output exceed max_model_len() (the server's, known once it has counted) is Refused with the
+    numbers. Count calls: 2 to calibrate, then 1 + the fixes (usually 1-2) per request, `parallel` at once."""
+    from .prompts import over_context
+
+    per_word, overhead, exact = await calibrate(count, lambda text: text)
+    block_n = max(1, round(TRACE_BLOCK_TOKENS / per_word))
+    sizing = Sizing(exact, "server /tokenize" if exact else
+                    "approximation: 1 word ~ 1 token, chat template not counted (the server has no /tokenize)")
+    sem = asyncio.Semaphore(parallel)
+
+    async def one(i: int) -> Fit:
+        r = reqs[i]
+        k = max(1, round((r.input_length - overhead) / per_word))
+        if not exact:
+            return Fit(k, None, None)
+
+        def take(n: int) -> list[str]:
+            return stream(r, i, n, block_n)
+
+        async with sem:
+            return await fit_words(count, lambda ws: " ".join(ws), take, r.input_length, k,  # type: ignore[arg-type]
+                                   per_word)
+
+    fits = list(await asyncio.gather(*(one(i) for i in range(len(reqs)))))
+    limit = max_model_len()
+    refusals: dict[int, Refused] = {}
+    for i, (r, f) in enumerate(zip(reqs, fits)):
+        if f.got is not None:
+            sizing.targets += 1
+            sizing.hit += f.got == r.input_length
+            sizing.worst_miss = max(sizing.worst_miss, abs(f.got - r.input_length))
+        n_in = f.got if f.got is not None else r.input_length
+        if (no := over_context(n_in, r.output_length, limit)) is not None:
+            refusals[i] = no
+    return TracePrompts(reqs, fits, block_n, sizing, refusals, limit)

@@ -23,7 +23,9 @@ def segment_rows(levels: Iterable[LevelResult]) -> tuple[SegmentRow, ...]:
             ttft_p99=lv.ttft.p99_s, itl_p50=lv.itl.p50_s, prefix_hit_rate=srv.prefix_cache_hit_rate,
             server_gen_tok_s=srv.rate("generation_tokens"),  # over the scrapes' own span in the window
             max_kv_usage=srv.max_kv_cache_usage, preemptions=srv.preemptions, waiting_max=srv.max_waiting,
-            server_config=lv.server_config,
+            server_config=lv.server_config, request_rate=lv.request_rate,
+            lag_p99=lv.schedule_lag.p99 if lv.schedule_lag is not None else None,
+            behind_schedule=lv.behind_schedule,
         ))
     return tuple(rows)
 

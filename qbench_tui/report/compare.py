@@ -68,13 +68,14 @@ def parse_fail_if(text: str) -> tuple[Bound, ...]:
     return tuple(out)
 
 
-def values(run: Run, c: int | None) -> dict[str, float | None]:
+def values(run: Run, c: float | int | None) -> dict[str, float | None]:
     """The level's metrics by the files' keys (None: not measured); request_goodput from the file's own level."""
     lv = run.level(c)
     if lv is None:
         return {}
     d = lv.to_json()
-    raw = next((x for x in run.doc.get("levels") or [] if isinstance(x, dict) and x.get("max_concurrency") == c), {})
+    key = "request_rate" if run.rate_axis else "max_concurrency"
+    raw = next((x for x in run.doc.get("levels") or [] if isinstance(x, dict) and x.get(key) == c), {})
     d["request_goodput"] = raw.get("request_goodput")
     return {k: d.get(k) for k in KNOWN}
 
@@ -84,23 +85,29 @@ def change(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or a == 0 else (b / a - 1) * 100
 
 
-def concurrencies(run: Run) -> list[int]:
-    return sorted({lv.max_concurrency for lv in run.levels if lv.max_concurrency is not None and lv.completed})
+def concurrencies(run: Run) -> list:
+    """The run's finished levels on its axis: concurrencies, or offered rates for a sweep over request rates."""
+    return sorted({run.x(lv) for lv in run.levels if run.x(lv) is not None and lv.completed})
 
 
 def common_levels(runs: list[Run]) -> list[int]:
     """Levels A shares with at least one other run; CompareError when some run shares none with A."""
     base = set(concurrencies(runs[0]))
+    if len({r.rate_axis for r in runs}) > 1:
+        rated = next(r for r in runs if r.rate_axis)
+        closed = next(r for r in runs if not r.rate_axis)
+        raise CompareError(f"no common levels: {rated.label} is a sweep over request rates, {closed.label} over "
+                           "concurrencies; compare runs made along the same axis")
     for r in runs[1:]:
         if not base & set(concurrencies(r)):
             raise CompareError(f"no common levels: {runs[0].label} has {_list(concurrencies(runs[0]))}, "
                                f"{r.label} has {_list(concurrencies(r))}; compare runs made at the same "
-                               "concurrencies")
+                               + ("request rates" if r.rate_axis else "concurrencies"))
     return sorted(base & set().union(*(set(concurrencies(r)) for r in runs[1:])))
 
 
-def _list(cs: list[int]) -> str:
-    return ", ".join(map(str, cs)) or "no finished level"
+def _list(cs: list) -> str:
+    return ", ".join(f"{c:g}" for c in cs) or "no finished level"
 
 
 def check_metrics(runs: list[Run], bounds: tuple[Bound, ...]) -> None:
@@ -123,10 +130,11 @@ def gate(runs: list[Run], bounds: tuple[Bound, ...]) -> list[str]:
             for b in bounds:
                 x = change(va.get(b.metric), vb.get(b.metric))
                 if x is None:
-                    out.append(f"{r.label} C={c}: {b.metric} cannot be compared (A {_num(va.get(b.metric))}, "
+                    out.append(f"{r.label} {base.name(c)}: {b.metric} cannot be compared (A {_num(va.get(b.metric))}, "
                                f"B {_num(vb.get(b.metric))}); bound {b.text}")
                 elif b.breached(x):
-                    out.append(f"{r.label} C={c}: {b.metric} {_num(va.get(b.metric))} -> {_num(vb.get(b.metric))} "
+                    out.append(f"{r.label} {base.name(c)}: {b.metric} {_num(va.get(b.metric))} -> "
+                               f"{_num(vb.get(b.metric))} "
                                f"({x:+.1f}%), bound {b.text}")
     return out
 
@@ -161,7 +169,7 @@ def _runs_section(runs: list[Run]) -> Section:
     return Section("Runs", blocks)
 
 
-def _level_table(runs: list[Run], c: int, costs: list[Cost | None]) -> Table:
+def _level_table(runs: list[Run], c: float | int, costs: list[Cost | None]) -> Table:
     head = ["metric", runs[0].label] + [x for r in runs[1:] for x in (r.label, f"vs {runs[0].label}")]
     vals = [values(r, c) for r in runs]
     rows = []
@@ -189,23 +197,23 @@ def _level_table(runs: list[Run], c: int, costs: list[Cost | None]) -> Table:
 
 
 def _knees(runs: list[Run], costs: list[Cost | None]) -> list:
-    def at(r: Run, c: int | None, cost: Cost | None) -> str:
+    def at(r: Run, c: float | int | None, cost: Cost | None) -> str:
         lv = r.level(c)
         if c is None or lv is None:
             return "-"
-        s = f"C={c}: {tok(lv.output_throughput)} tok/s, E2E p99 {lat(lv.e2el.p99_s)}"
+        s = f"{r.name(c)}: {tok(lv.output_throughput)} tok/s, E2E p99 {lat(lv.e2el.p99_s)}"
         return s + (f", {usd(cost.per_million(lv.output_throughput))}/M tok" if cost else "")
 
-    rows = [["peak output tok/s"] + [f"{tok(r.knee.peak_output_throughput)} at C={r.knee.peak_concurrency}"
+    rows = [["peak output tok/s"] + [f"{tok(r.knee.peak_output_throughput)} at {r.name(r.knee.at('peak'))}"
                                      for r in runs],
-            ["knee"] + [f"C={r.knee.knee_concurrency}" if r.knee.saturated else "none found" for r in runs],
+            ["knee"] + [r.name(r.knee.at("knee")) if r.knee.saturated else "none found" for r in runs],
             ["limit"] + [CAUSE_NAMES.get(r.knee.cause_kind or "", "-") if r.knee.saturated else "-" for r in runs],
-            ["interactive"] + [at(r, r.knee.interactive_concurrency, c) for r, c in zip(runs, costs)],
-            ["batch"] + [at(r, r.knee.batch_concurrency, c) for r, c in zip(runs, costs)]]
+            ["interactive"] + [at(r, r.knee.at("interactive"), c) for r, c in zip(runs, costs)],
+            ["batch"] + [at(r, r.knee.at("batch"), c) for r, c in zip(runs, costs)]]
     if any(r.knee.slo for r in runs):
         rows.append(["goodput (SLO)"] + [
-            (f"C={r.knee.goodput_concurrency}, {tok(r.knee.goodput_output_throughput)} tok/s"
-             if r.knee.goodput_concurrency is not None else "none met it") + f" ({r.knee.slo})" if r.knee.slo
+            (f"{r.name(r.knee.at('goodput'))}, {tok(r.knee.goodput_output_throughput)} tok/s"
+             if r.knee.at("goodput") is not None else "none met it") + f" ({r.knee.slo})" if r.knee.slo
             else "no SLO" for r in runs])
     why = [f"{r.label}: {r.knee.cause if r.knee.saturated else r.knee.summary}" for r in runs]
     return [Table(["", *(r.label for r in runs)], rows), Bullets(why)]
@@ -225,7 +233,8 @@ def build_compare(runs: list[Run], costs: list[Cost | None] | None = None,
     if only:
         per.append("Levels not in common (left out): " + "; ".join(only) + ".")
     for c in common:
-        per += [Heading(f"Concurrency {c}"), _level_table(runs, c, costs)]
+        per += [Heading(f"Rate {c:g} req/s" if runs[0].rate_axis else f"Concurrency {c}"),
+                _level_table(runs, c, costs)]
     doc.sections.append(Section("Per level", per))
     doc.sections.append(Section("Saturation side by side", _knees(runs, costs)))
     doc.sections.append(Section("Curves", list(level_charts(runs, key_suffix="-overlay"))))

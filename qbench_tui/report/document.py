@@ -66,6 +66,8 @@ class Run:
 
     def __post_init__(self) -> None:
         self.label = self.label or Path(self.path).name
+        if self.rate_axis:  # a rate ladder measures out of order (bisection comes back down): read by rate
+            self.levels = sorted(self.levels, key=lambda lv: lv.request_rate or 0.0)
 
     @property
     def tool(self) -> str:
@@ -75,8 +77,24 @@ class Run:
     def simulated(self) -> bool:
         return bool(self.doc.get("simulated"))
 
-    def level(self, c: int | None) -> LevelResult | None:
-        return next((lv for lv in self.levels if lv.max_concurrency == c), None)
+    @property
+    def rate_axis(self) -> bool:
+        """Its levels read along the offered request rate (an open-loop sweep), not the concurrency."""
+        return self.knee.rate_axis or (bool(self.levels) and all(lv.request_rate for lv in self.levels))
+
+    def x(self, lv: LevelResult) -> float | int | None:
+        """A level's place on the run's axis: its offered rate (req/s) or its concurrency."""
+        return lv.request_rate if self.rate_axis else lv.max_concurrency
+
+    def name(self, x: float | int | None) -> str:
+        """A level as the text names it: "4 req/s" or "C=4"."""
+        return ("-" if x is None else f"{x:g} req/s") if self.rate_axis else f"C={x}"
+
+    def level(self, c: float | int | None) -> LevelResult | None:
+        """The level at `c` on the run's axis (a rate run: its offered rate)."""
+        if c is None:
+            return None
+        return next((lv for lv in self.levels if self.x(lv) is not None and abs(self.x(lv) - c) < 1e-9), None)
 
 
 def lat(v: float | None) -> str:

@@ -144,6 +144,10 @@ def _fms(v: float | None) -> str:
 
 
 def classic_table(levels: list[LevelResult]) -> str:
+    from .rates import is_rate_run, rate_table
+
+    if is_rate_run(levels):  # open-loop levels read along their offered rate (report/rates.py)
+        return rate_table(levels)
     widths = [len(h) for h in TABLE_HEADER]
     rows = [
         (str(lv.max_concurrency), _f(lv.duration_s), _f(lv.avg_latency_s),
@@ -162,10 +166,41 @@ def verdict_lines(knee: Knee) -> list[str]:
     """The verdict (its cause inside), goodput under an SLO and the two recommendations, one line each."""
     lines = [knee.summary] if knee.summary else []
     if knee.slo:
+        good = knee.at("goodput")
+        where = f"{good:g} req/s" if knee.rate_axis and good is not None else f"C={good}"
         lines.append(f"SLO:         {knee.slo}; goodput "
-                     + (f"at C={knee.goodput_concurrency} ({knee.goodput_output_throughput or 0:.0f} tok/s)"
-                        if knee.goodput_concurrency is not None else "none: no level met it"))
+                     + (f"at {where} ({knee.goodput_output_throughput or 0:.0f} tok/s)"
+                        if good is not None else "none: no level met it"))
     return lines + knee.advice()
+
+
+def _fixed(meta: RunMeta) -> bool:
+    """The one fixed prompt (in conversations too: "fixed; conversations of K turns")."""
+    return meta.prompt_source.split(";")[0] == "fixed"
+
+
+def conversation_lines(lv: LevelResult) -> list[str]:
+    """Per-turn TTFT and prompt tokens of a level of conversations, each endpoint's share under several, and what
+    was refused before sending (the .txt, `qbench run`'s and `sweep`'s summaries). Empty when none applies."""
+    lines = []
+    if len(lv.turns) > 1:
+        lines.append("  Per turn (conversations): turn  requests  TTFT p50 ms  TTFT p99 ms  mean prompt tokens")
+        for t in lv.turns:
+            tokens = "-" if t.input_tokens_mean is None else f"{t.input_tokens_mean:.0f}"
+            lines.append(f"    {t.turn:>4}  {t.requests:>8}  {_fms(t.ttft.p50_s):>11}  {_fms(t.ttft.p99_s):>11}"
+                         f"  {tokens:>18}")
+    for e in lv.endpoints:  # several endpoints: each one's share, side by side
+        lines.append(f"  Endpoint {e.url}: " + (f"DEAD ({e.down.removeprefix('dead: ')}); " if e.down else "")
+                     + f"{e.completed} ok, {e.failed} failed, {e.output_throughput or 0.0:.1f} tok/s, "
+                     f"TTFT p50 {_fms(e.ttft.p50_s)} ms, p99 {_fms(e.ttft.p99_s)} ms"
+                     + (f"; {next(iter(e.failures))}" if e.failures and not e.down else ""))
+    if lv.refused:
+        lines.append(f"  Refused before sending: {lv.refused}")
+        reasons = list(lv.refused_reasons.items())
+        lines += [f"    {n}x: {reason}" for reason, n in reasons[:5]]
+        if len(reasons) > 5:
+            lines.append(f"    … {len(reasons) - 5} more reason(s): {sum(n for _, n in reasons[5:])} request(s)")
+    return lines
 
 
 def render_txt(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = None) -> str:
@@ -184,13 +219,15 @@ def render_txt(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = Non
         f"  Started:        {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(meta.started))}",
         "",
         "Methodology",
-        f"  Prompt:         {meta.prompt!r}" if meta.prompt_source == "fixed" else
+        f"  Prompt:         {meta.prompt!r}" + meta.prompt_source[5:] if _fixed(meta) else
         f"  Prompts:        {meta.prompt_source}",
         f"  Max tokens:     {meta.max_tokens}" + ("  (ignore_eos)" if meta.ignore_eos else ""),
         f"  Levels:         {', '.join(str(c) for c in meta.levels)}"
         + (f"  ({meta.ladder})" if meta.ladder else ""),
         f"  Mode:           {meta.mode}" + ("  (exactly C requests fired at once per level; total time = first "
                                             "start to last end)" if meta.mode == "wave" else
+                                            "  (open loop: each request sent when due whatever the server's pace; "
+                                            "Lag = how late it went out)" if meta.mode == "rate" else
                                             "  (closed loop at C; each level measured once settled: see its window)"),
         f"  Endpoint:       /v1/{'chat/completions' if meta.endpoint == 'chat' else 'completions'} (streaming)",
     ]
@@ -198,10 +235,13 @@ def render_txt(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = Non
         lines.append("  Unique prefix:  yes (a random prefix per request defeats prefix caching)")
     # a ladder measures out of order (refinement comes back down): its table reads by concurrency
     shown = sorted(levels, key=lambda lv: lv.max_concurrency or 0) if meta.ladder else levels
+    if meta.mode == "rate":
+        shown = sorted(levels, key=lambda lv: lv.request_rate or 0.0)
     lines += ["", "Results", classic_table(shown), ""]
     for lv in shown:
         srv = lv.server
-        lines.append(f"Concurrency {lv.max_concurrency}: {lv.completed} ok, {lv.failed} failed"
+        name = (f"Rate {lv.request_rate:g} req/s" if lv.request_rate else f"Concurrency {lv.max_concurrency}")
+        lines.append(f"{name}: {lv.completed} ok, {lv.failed} failed"
                      + (f"  [server: {lv.server_config}]" if lv.server_config and
                         len({x.server_config for x in levels}) > 1 else ""))
         if lv.interrupted:
@@ -226,6 +266,7 @@ def render_txt(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = Non
                                 if srv.mean_queue_s is not None else ""))
         for reason, n in lv.failures.items():
             lines.append(f"  failed {n}x: {reason}")
+        lines += conversation_lines(lv)
     if knee:
         lines += ["", "Saturation"] + [f"  {line}" for line in verdict_lines(knee)]
     if meta.notes:
@@ -244,7 +285,7 @@ def render_json(meta: RunMeta, levels: list[LevelResult], knee: Knee | None = No
         "server_config": meta.server_config or None,
         "started": meta.started,
         "methodology": {
-            "prompt": meta.prompt if meta.prompt_source == "fixed" else None,
+            "prompt": meta.prompt if _fixed(meta) else None,
             "prompt_source": meta.prompt_source,
             "max_tokens": meta.max_tokens,
             "levels": list(meta.levels),

@@ -9,6 +9,7 @@ from .charts import Chart, Mark, Series
 from .cost import Cost, usd
 from .document import Run, Table, ms, num
 from .files import TABLE_HEADER
+from .rates import RATE_HEADER, rate_row
 
 # the write-up's own thresholds for what it points out (the knee's rules stay in engine/knee.py)
 HIGH_HIT = 0.5  # prefix-cache hit rate above which the numbers flatter distinct prompts
@@ -44,7 +45,7 @@ def facts(run: Run) -> Facts:
     f = Facts(quant=quantisation(run)[0])
     q = h = 0.0
     for lv in run.levels:
-        c = lv.max_concurrency or 0
+        c = run.x(lv) or 0
         f.failed += lv.failed
         f.requests += lv.completed + lv.failed
         for reason, n in lv.failures.items():
@@ -83,28 +84,33 @@ def quantisation(run: Run) -> tuple[str, str]:
 
 
 def latency_table(run: Run, cost: Cost | None) -> Table:
-    head = ["C", "ok", "failed", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms", "E2E p50 ms",
-            "E2E p99 ms"] + (["$ per M out tok"] if cost else [])
-    rows = [[str(lv.max_concurrency), str(lv.completed), str(lv.failed), ms(lv.ttft.p50_s), ms(lv.ttft.p99_s),
+    head = ["req/s" if run.rate_axis else "C", "ok", "failed", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms",
+            "ITL p99 ms", "E2E p50 ms", "E2E p99 ms"] + (["$ per M out tok"] if cost else [])
+    rows = [[f"{run.x(lv):g}" if run.rate_axis else str(lv.max_concurrency), str(lv.completed), str(lv.failed),
+             ms(lv.ttft.p50_s), ms(lv.ttft.p99_s),
              ms(lv.itl.p50_s), ms(lv.itl.p99_s), ms(lv.e2el.p50_s), ms(lv.e2el.p99_s)]
             + ([usd(cost.per_million(lv.output_throughput))] if cost else []) for lv in run.levels]
     return Table(head, rows)
 
 
 def results_table(run: Run) -> Table:
-    """The classic columns, as the .txt has them (report/files.py)."""
+    """The classic columns, as the .txt has them (report/files.py); a rate run's as report/rates.py lays them."""
+    if run.rate_axis:
+        return Table(list(RATE_HEADER), [list(rate_row(lv)) for lv in run.levels])
     return Table(list(TABLE_HEADER), [
         [str(lv.max_concurrency), num(lv.duration_s), num(lv.avg_latency_s), num(lv.request_throughput),
          num(lv.output_throughput)] for lv in run.levels])
 
 
 def level_charts(runs: list[Run], key_suffix: str = "") -> list[Chart]:
-    """Output tok/s and E2E latency (p50 solid, p99 dashed) against concurrency, one line per run, knees marked."""
+    """Output tok/s and E2E latency (p50 solid, p99 dashed) against concurrency, one line per run, knees marked;
+    against the offered request rate when the (first) run is a rate sweep."""
     tput, latency, marks_t, marks_l = [], [], [], []
     many = len(runs) > 1
+    rated = bool(runs) and runs[0].rate_axis
     for run in runs:
         pts = [lv for lv in run.levels if lv.completed]
-        xs = tuple(float(lv.max_concurrency or 0) for lv in pts)
+        xs = tuple(float(run.x(lv) or 0) for lv in pts)
         tput.append(Series(run.label if many else "output tok/s", xs, tuple(lv.output_throughput for lv in pts),
                            group=run.label))
         pre = f"{run.label} " if many else ""
@@ -112,13 +118,15 @@ def level_charts(runs: list[Run], key_suffix: str = "") -> list[Chart]:
         latency.append(Series(f"{pre}E2E p99", xs, tuple(lv.e2el.p99_s for lv in pts), dashed=True,
                               group=run.label))
         k = run.knee
-        lv = run.level(k.knee_concurrency) if k.saturated else None
+        at = k.at("knee")
+        lv = run.level(at) if k.saturated else None
         if lv is not None:
-            name = f"knee C={k.knee_concurrency}" + (f" ({run.label})" if many else "")
-            marks_t.append(Mark(name, float(k.knee_concurrency or 0), lv.output_throughput or 0.0))
+            name = f"knee {run.name(at)}" + (f" ({run.label})" if many else "")
+            marks_t.append(Mark(name, float(at or 0), lv.output_throughput or 0.0))
             if lv.e2el.p50_s is not None:
-                marks_l.append(Mark(name, float(k.knee_concurrency or 0), lv.e2el.p50_s))
-    return [Chart("Output throughput vs concurrency", "output tok/s", tuple(tput), tuple(marks_t),
+                marks_l.append(Mark(name, float(at or 0), lv.e2el.p50_s))
+    axis, xlabel = ("request rate", "request rate (req/s)") if rated else ("concurrency", "concurrency")
+    return [Chart(f"Output throughput vs {axis}", "output tok/s", tuple(tput), tuple(marks_t), xlabel=xlabel,
                   key=f"throughput{key_suffix}"),
-            Chart("End-to-end latency vs concurrency", "seconds", tuple(latency), tuple(marks_l),
+            Chart(f"End-to-end latency vs {axis}", "seconds", tuple(latency), tuple(marks_l), xlabel=xlabel,
                   key=f"latency{key_suffix}")]

@@ -70,7 +70,7 @@ def environment(run: Run) -> Section:
 def methodology(run: Run, cost: Cost | None) -> Section:
     m = run.doc.get("methodology") or {}
     items: list[str] = []
-    levels = ", ".join(str(lv.max_concurrency) for lv in run.levels)
+    levels = ", ".join(run.name(run.x(lv)) if run.rate_axis else str(lv.max_concurrency) for lv in run.levels)
     if run.tool == "qbench-tui":
         items.append(f"Prompt: one fixed prompt for every request, {m.get('prompt')!r}"
                      if m.get("prompt_source") == "fixed" else f"Prompts: {m.get('prompt_source')}")
@@ -90,7 +90,7 @@ def methodology(run: Run, cost: Cost | None) -> Section:
         win = [lv for lv in run.levels if lv.window and lv.window.settle_s is not None]
         if win:
             items.append("Window per level: " + "; ".join(
-                f"C={lv.max_concurrency} {lv.window.span_s:.1f} s from {lv.window.settle_s:.1f} s"
+                f"{run.name(run.x(lv))} {lv.window.span_s:.1f} s from {lv.window.settle_s:.1f} s"
                 + ("" if lv.window.steady else " NOT STEADY") for lv in win))
         items.append(f"Endpoint: /v1/{'chat/completions' if m.get('endpoint') == 'chat' else 'completions'}, "
                      "streaming; TTFT, ITL and E2E latency measured by the client as vllm bench serve does")
@@ -110,7 +110,11 @@ def results(run: Run, cost: Cost | None) -> Section:
     fx = facts(run)
     charts = level_charts([run])
     k = run.knee
-    if k.saturated:
+    if k.saturated and k.rate_axis:
+        charts[0] = _captioned(charts[0], f"The knee ({run.name(k.knee_request_rate)}) is the lowest rate kept up "
+                                          f"within {k.knee_share:.0%} of the peak throughput, else the highest one "
+                                          "kept up.")
+    elif k.saturated:
         charts[0] = _captioned(charts[0], f"The knee (C={k.knee_concurrency}) is the lowest level within "
                                           f"{k.knee_share:.0%} of the peak throughput.")
     return Section("Results", [
@@ -128,7 +132,7 @@ def _done(run: Run) -> list:
 
 def optimal(run: Run) -> list[str]:
     k, pts = run.knee, _done(run)
-    if len(pts) < 2:
+    if len(pts) < 2 or k.rate_axis:  # over request rates the verdict's own sentence says it (engine/knee.rate_knee)
         return [k.summary]
     peak = run.level(k.peak_concurrency)
     if not k.saturated:
@@ -163,9 +167,10 @@ def latency_trend(run: Run) -> list[str]:
     if len(pts) < 2:
         return ["Not enough levels with an end-to-end latency to describe a trend."]
     a, b = pts[0], pts[-1]
-    cx = (b.max_concurrency or 1) / (a.max_concurrency or 1)
+    cx = (run.x(b) or 1) / (run.x(a) or 1)
+    axis = "offered rate" if run.rate_axis else "concurrency"
     lx = (b.avg_latency_s or 0) / (a.avg_latency_s or 1)
-    out = [f"From C={a.max_concurrency} to C={b.max_concurrency} ({cx:.1f}x the concurrency) mean end-to-end "
+    out = [f"From {run.name(run.x(a))} to {run.name(run.x(b))} ({cx:.1f}x the {axis}) mean end-to-end "
            f"latency went {lat(a.avg_latency_s)} -> {lat(b.avg_latency_s)} ({lx:.1f}x), TTFT p50 "
            f"{lat(a.ttft.p50_s)} -> {lat(b.ttft.p50_s)} and ITL p50 {lat(a.itl.p50_s)} -> {lat(b.itl.p50_s)}."]
     tx = (b.output_throughput or 0) / a.output_throughput if a.output_throughput else None
@@ -184,7 +189,7 @@ def latency_trend(run: Run) -> list[str]:
     if steps:
         x, y, worst = max(steps, key=lambda s: s[2])
         if worst >= FLAT:
-            out.append(f"The steepest rise is from C={x.max_concurrency} to C={y.max_concurrency}: "
+            out.append(f"The steepest rise is from {run.name(run.x(x))} to {run.name(run.x(y))}: "
                        f"{rel(x.avg_latency_s, y.avg_latency_s)} mean latency for "
                        f"{rel(x.output_throughput, y.output_throughput)} tok/s.")
     fx = b.ttft.p50_s / a.ttft.p50_s if a.ttft.p50_s and b.ttft.p50_s else None
@@ -200,7 +205,7 @@ def latency_trend(run: Run) -> list[str]:
 def cache(run: Run, fx: Facts) -> list:
     if fx.no_server:
         return [f"No server-side numbers: {fx.no_server}."]
-    rows = [[str(lv.max_concurrency),
+    rows = [[f"{run.x(lv):g}" if run.rate_axis else str(lv.max_concurrency),
              "-" if not s or s.prefix_cache_hit_rate is None else f"{s.prefix_cache_hit_rate:.1%}",
              "-" if not s or s.max_kv_cache_usage is None else f"{s.max_kv_cache_usage:.1%}",
              "-" if not s or s.preemptions is None else f"{s.preemptions:.0f}",
@@ -259,10 +264,38 @@ def stability(run: Run, fx: Facts) -> list:
     return out
 
 
+def conversations(run: Run) -> list:
+    """Multi-turn levels (--turns): TTFT and prompt tokens from the first turn to the last, per level, and the
+    turns refused before sending; [] for a run of single requests that refused nothing."""
+    out: list[str] = []
+    for lv in run.levels:
+        if len(lv.turns) < 2:
+            continue
+        a, b = lv.turns[0], lv.turns[-1]
+        grow = (f"; prompts grew from {a.input_tokens_mean:.0f} to {b.input_tokens_mean:.0f} tokens as the history "
+                "came back each turn" if a.input_tokens_mean and b.input_tokens_mean else "")
+        hit = lv.server.prefix_cache_hit_rate if lv.server else None
+        out.append(f"{run.name(run.x(lv))}: TTFT p50 {lat(a.ttft.p50_s)} at turn {a.turn}, {lat(b.ttft.p50_s)} at "
+                   f"turn {b.turn} ({b.requests} requests){grow}"
+                   + (f"; the prefix cache served {hit:.0%} of prompt tokens." if hit is not None else "."))
+    refused = sum(lv.refused for lv in run.levels)
+    if refused:
+        reasons: dict[str, int] = {}
+        for lv in run.levels:
+            for reason, n in lv.refused_reasons.items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        top = max(reasons, key=reasons.__getitem__)
+        out.append(f"{refused} requests were refused before sending (never sent, not counted as failures); most: "
+                   f"{top} ({reasons[top]}).")
+    return [" ".join(out)] if out else []
+
+
 def analysis(run: Run, fx: Facts) -> Section:
+    conv = conversations(run)
     return Section("Analysis", [Heading("Optimal concurrency"), *optimal(run), Heading("Latency trend"),
                                 *latency_trend(run), Heading("Cache behaviour"), *cache(run, fx),
-                                Heading("Stability"), *stability(run, fx)])
+                                Heading("Stability"), *stability(run, fx),
+                                *([Heading("Conversations"), *conv] if conv else [])])
 
 
 def _cost_at(cost: Cost | None, run: Run, c: int | None) -> str:
@@ -274,20 +307,20 @@ def _cost_at(cost: Cost | None, run: Run, c: int | None) -> str:
 
 def takeaways(run: Run, fx: Facts, cost: Cost | None) -> Section:
     k, pts = run.knee, _done(run)
-    peak = run.level(k.peak_concurrency)
+    peak = run.level(k.at("peak"))
     items = [f"Peak {tok(k.peak_output_throughput)} output tok/s"
              + (f" ({peak.request_throughput or 0:.2f} req/s)" if peak else "")
-             + f" at C={k.peak_concurrency}{_cost_at(cost, run, k.peak_concurrency)}."]
+             + f" at {run.name(k.at('peak'))}{_cost_at(cost, run, k.at('peak'))}."]
     if k.saturated:
-        kn = run.level(k.knee_concurrency)
-        items.append(f"Saturated past C={k.knee_concurrency}: {CAUSE_NAMES.get(k.cause_kind or '', 'the server')} "
+        kn = run.level(k.at("knee"))
+        items.append(f"Saturated past {run.name(k.at('knee'))}: {CAUSE_NAMES.get(k.cause_kind or '', 'the server')} "
                      "is the limit" + (f" (mean latency at the knee {lat(kn.avg_latency_s)})." if kn else "."))
     elif len(pts) > 1:
-        items.append(f"No saturation up to C={pts[-1].max_concurrency}: more load still buys throughput.")
+        items.append(f"No saturation up to {run.name(run.x(pts[-1]))}: more load still buys throughput.")
     lats = [lv for lv in pts if lv.avg_latency_s]
     if len(lats) > 1:
-        items.append(f"Mean latency {lat(lats[0].avg_latency_s)} at C={lats[0].max_concurrency}, "
-                     f"{lat(lats[-1].avg_latency_s)} at C={lats[-1].max_concurrency}.")
+        items.append(f"Mean latency {lat(lats[0].avg_latency_s)} at {run.name(run.x(lats[0]))}, "
+                     f"{lat(lats[-1].avg_latency_s)} at {run.name(run.x(lats[-1]))}.")
     if not fx.no_server:
         parts = []
         if fx.hit is not None:
@@ -300,11 +333,11 @@ def takeaways(run: Run, fx: Facts, cost: Cost | None) -> Section:
     items.append("No failed requests." if not fx.failed else
                  f"{fx.failed} failed requests ({fx.failed / max(1, fx.requests):.1%}), mostly: "
                  f"{next(iter(fx.reasons), 'unknown')}.")
-    runs = [f"C={c} for {use}" for c, use in ((k.interactive_concurrency, "interactive use"),
-                                               (k.batch_concurrency, "batch")) if c is not None]
+    runs = [f"{run.name(c)} for {use}" for c, use in ((k.at("interactive"), "interactive use"),
+                                                       (k.at("batch"), "batch")) if c is not None]
     if runs:
         items.append("Run at " + " and ".join(runs) + ".")
-    if k.slo and k.goodput_concurrency is None:
+    if k.slo and k.at("goodput") is None:
         items.append(f"No level met the SLO ({k.slo}).")
     return Section("Key takeaways", [Bullets(items)])
 
@@ -313,13 +346,13 @@ def recommendations(run: Run, cost: Cost | None) -> Section:
     k = run.knee
     items = []
     if k.interactive_why:
-        items.append(f"Interactive: {k.interactive_why}{_cost_at(cost, run, k.interactive_concurrency)}.")
+        items.append(f"Interactive: {k.interactive_why}{_cost_at(cost, run, k.at('interactive'))}.")
     if k.batch_why:
-        items.append(f"Batch: {k.batch_why}{_cost_at(cost, run, k.batch_concurrency)}.")
+        items.append(f"Batch: {k.batch_why}{_cost_at(cost, run, k.at('batch'))}.")
     if k.slo:
-        items.append(f"SLO ({k.slo}): " + (f"goodput at C={k.goodput_concurrency}, "
+        items.append(f"SLO ({k.slo}): " + (f"goodput at {run.name(k.at('goodput'))}, "
                                             f"{tok(k.goodput_output_throughput)} tok/s."
-                                            if k.goodput_concurrency is not None else "no level met it."))
+                                            if k.at("goodput") is not None else "no level met it."))
     return Section("Recommendations", [Bullets(items) if items else "No recommendation: no level completed."])
 
 
@@ -345,7 +378,7 @@ def next_tests(run: Run, fx: Facts) -> Section:
     if len(pts) < 2:
         items.append("Run at least two levels (e.g. --levels 8,16,32,64) to find the knee.")
     elif not k.saturated:
-        items.append(f"Throughput still grew at C={pts[-1].max_concurrency}: extend the levels (qbench sweep --auto "
+        items.append(f"Throughput still grew at {run.name(run.x(pts[-1]))}: extend the levels (qbench sweep --auto "
                      f"--start {pts[-1].max_concurrency}) to find the knee.")
     if m.get("mode") == "wave":
         items.append("Wave levels measure one burst per level: `qbench sweep --mode steady --duration 60` measures "

@@ -23,6 +23,7 @@ from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import Worker
 
+from qbench_tui.engine.live_open import step_rate
 from qbench_tui.engine.snapshot import (
     AutoLadder,
     Command,
@@ -32,9 +33,12 @@ from qbench_tui.engine.snapshot import (
     Save,
     ServerConfigChanged,
     SetConcurrency,
+    SetMode,
+    SetRate,
     Snapshot,
     StopAuto,
     clamp_concurrency,
+    clamp_rate,
 )
 from qbench_tui.server.handle import ServerHandle, ServerState
 from qbench_tui.tui.control import LiveControl
@@ -65,6 +69,8 @@ class QBenchApp(Lifecycle, App):
     target: var[int] = var(0)
     paused: var[bool] = var(False)
     auto: var[bool] = var(False)
+    mode: var[str] = var("closed")  # "open": the arrows change the request rate, not the concurrency
+    rate: var[float] = var(0.0)
     simulated: var[bool] = var(False)
     engine_up: var[bool] = var(False)
     waiting: var[str] = var("")  # "waiting for URL: connection refused, retry 3 in 2 s" while the server is not up
@@ -83,8 +89,13 @@ class QBenchApp(Lifecycle, App):
         poll_period: float = POLL_PERIOD,
         auto_ladder: AutoLadder | None = None,
         wait_server: WaitServer | None = None,
+        start_rate: float = 0.0,
+        burstiness: float = 1.0,
+        rate_cap: int = 0,
     ) -> None:
-        """wait_server: for a server given by URL, which may not be up yet (tui/lifecycle.py)."""
+        """wait_server: for a server given by URL, which may not be up yet (tui/lifecycle.py). start_rate: start
+        in open loop at this many requests/s (`--request-rate`); burstiness and rate_cap (`--burstiness`,
+        `--max-concurrency`, 0: no cap) shape every open loop `o` starts."""
         super().__init__()
         self._init_lifecycle(wait_server)
         self._engine_factory = engine_factory
@@ -99,6 +110,9 @@ class QBenchApp(Lifecycle, App):
         self.engine: EngineLink | None = None
         self.snapshot: Snapshot | None = None
         self.control = LiveControl(start_concurrency, start_paused)
+        self.start_rate = clamp_rate(start_rate) if start_rate else 0.0
+        self.burstiness = burstiness
+        self.rate_cap = rate_cap
         self.restart_flow = RestartFlow()
         self.set_reactive(QBenchApp.simulated, simulated)  # the title is set on mount, not here
         self._show_control()
@@ -118,7 +132,7 @@ class QBenchApp(Lifecycle, App):
         self._install_signals()
         self.dashboard = DashboardScreen(show_log=self.server is not None).data_bind(
             QBenchApp.target, QBenchApp.paused, QBenchApp.auto, QBenchApp.simulated, QBenchApp.engine_up,
-            QBenchApp.waiting, QBenchApp.engine_failed)
+            QBenchApp.waiting, QBenchApp.engine_failed, QBenchApp.mode, QBenchApp.rate)
         # wait for the dashboard's widgets: a snapshot applied before its on_mount would be painted over
         await self.push_screen(self.dashboard)
         self._update_title()
@@ -140,6 +154,7 @@ class QBenchApp(Lifecycle, App):
 
     def _show_control(self) -> None:
         self.target, self.paused, self.auto = self.control.target, self.control.paused, self.control.auto
+        self.mode, self.rate = self.control.mode, self.control.rate
 
     @on(Worker.StateChanged)
     def _route_worker_state(self, event: Worker.StateChanged) -> None:
@@ -250,7 +265,8 @@ class QBenchApp(Lifecycle, App):
 
     def set_concurrency(self, n: int) -> None:
         n = clamp_concurrency(n)
-        if n != self.control.target:  # e.g. "down" at 0: no new segment for a non-change
+        # e.g. "down" at 0: no new segment for a non-change; in open loop any C is a change (back to closed)
+        if n != self.control.target or self.control.mode == "open":
             self._stop_ladder_for("a level set by hand")
             self._send(SetConcurrency(n))
 
@@ -272,9 +288,40 @@ class QBenchApp(Lifecycle, App):
                 self.dashboard.show_curve()
 
     def action_change_concurrency(self, delta: int) -> None:
+        """The step keys: the concurrency by `delta` in closed loop; in open loop the rate, ×1.1 per step and ×2
+        per page (engine/live_open.step_rate: rates span orders of magnitude, a fixed step fits none of them)."""
+        if self.control.mode == "open":
+            if self.control.rate:  # 0: the engine has not said which rate it started from yet
+                self.set_rate(step_rate(self.control.rate, delta))
+            return
         self.set_concurrency(self.control.target + delta)
 
+    def set_rate(self, rate: float) -> None:
+        rate = clamp_rate(rate)
+        if rate != self.control.rate:
+            self._stop_ladder_for("a rate set by hand")
+            self._send(SetRate(rate))
+
+    def open_loop_command(self, rate: float = 0.0) -> SetMode:
+        """What `o` (or the start with --request-rate) asks for: the rate (0: the engine starts from the request
+        throughput it measures now), the command line's burstiness and cap, the closed target to return to."""
+        return SetMode("open", rate, self.burstiness, self.rate_cap, self.control.target)
+
+    def action_toggle_mode(self) -> None:
+        """`o`: closed loop <-> open loop. Open starts at the rate used last (or --request-rate), else at the
+        request throughput measured now; closed returns to the target concurrency kept meanwhile."""
+        if self.control.mode == "open":
+            if self._send(SetMode("closed", concurrency=self.control.target)):
+                self.notify(f"closed loop: concurrency {self.control.target}", timeout=3)
+            return
+        self._stop_ladder_for("the open loop started")
+        rate = self.control.rate or self.start_rate
+        if self._send(self.open_loop_command(rate)):
+            said = f"{rate:g} requests/s" if rate else "the request rate measured now"
+            self.notify(f"open loop at {said}: ↑/↓ ×1.1, PgUp/PgDn ×2; o: back to closed", timeout=5)
+
     def action_ask_concurrency(self) -> None:
+        """In open loop too: a concurrency typed is a closed loop at it (the engine ends the open loop)."""
         def done(value: int | None) -> None:
             if value is not None:
                 self.set_concurrency(value)

@@ -98,7 +98,10 @@ class Lifecycle:
         label = self.server.config_label if self.server is not None else ""
         if label:
             self._send(ServerConfigChanged(label))
-        self._send(SetConcurrency(self.control.target))
+        if self.start_rate:  # --request-rate: the open loop from the start (the target kept for `o`)
+            self._send(self.open_loop_command(self.start_rate))
+        else:
+            self._send(SetConcurrency(self.control.target))
         if self.start_paused:
             self._send(Pause())
 

@@ -3,8 +3,9 @@ is restored. No Textual here, so the rule is tested as plain data.
 
 0 for a normal session. 1 when the server never answered or died, was unreachable at the end, every request
 failed (none completed), the load stopped itself (the error budget, a full results disk) and stayed stopped, a save
-failed, or the engine broke. A signal wins the status (128 + signum, as a shell reports it); the line still names
-whatever else went wrong, so a CI log says both."""
+failed, or the engine broke. 2 when the session could not start for what its fleet flags ask (Snapshot.exit_code;
+1 when Prometheus or the Ray cluster does not answer). A signal wins the status (128 + signum, as a shell reports
+it); the line still names whatever else went wrong, so a CI log says both."""
 from __future__ import annotations
 
 import signal as _signal
@@ -44,4 +45,6 @@ class Outcome:
         if self.signum is not None:
             name = _signal.Signals(self.signum).name
             return exit_status(self.signum), "; ".join([f"stopped by {name}", *problems])
+        if last is not None and last.exit_code:  # the session could not start: 2 for its flags, 1 unreachable
+            return last.exit_code, "; ".join(problems)
         return (1 if problems else 0), "; ".join(problems)

@@ -26,6 +26,12 @@ def dashboard_commands(app: Any) -> Iterable[SystemCommand]:
     else:
         yield SystemCommand("Auto ladder: find the knee", "Grow the concurrency from the target, each level "
                             "held until steady, until throughput stops growing", app.action_toggle_auto)
+    if app.control.mode == "open":
+        yield SystemCommand("Closed loop", "Back to a target concurrency (the one held before)",
+                            app.action_toggle_mode)
+    else:
+        yield SystemCommand("Open loop: a request rate", "Send requests at a rate (gamma arrivals) whatever the "
+                            "server's pace; the step keys change the rate", app.action_toggle_mode)
     yield SystemCommand("Pause / resume", "Pause or resume the load", app.action_toggle_pause)
     yield SystemCommand("Reset window", "Restart the rolling window", app.action_reset_window)
     yield SystemCommand("Save results", f"Write results to {app.out_dir}/ now", app.action_save)

@@ -86,3 +86,39 @@ async def test_prefix_groups_hit_what_they_imply(sim_proc):
     # the group's first arrivals (10 at once in a wave) take a little off
     implied = (60 - 2) / 60 * 384 / 512
     assert implied - 0.2 < hits / queries <= implied + 0.02, (hits / queries, implied)
+
+
+async def test_prefix_groups_hit_exactly_the_whole_blocks_they_share(sim_proc):
+    """Each group's first request alone fills the cache; every later one then hits the whole blocks of what its
+    group shares (the template's start and the prefix) and nothing of its own: the hit rate is the dataset's
+    share, (N - G)/N x (shared tokens rounded down to whole blocks) / input length."""
+    import os
+
+    from qbench_tui.server.sim.profile import load_profile
+    from qbench_tui.server.sim.requests import render_chat
+
+    profile = load_profile("h200-fast")
+    bs, cpt = profile.block_size, profile.chars_per_token
+    sim = sim_proc("h200-fast", "--model", "m")
+    n, groups, length = 40, 4, 400
+    ds, _ = await _dataset(sim, Shape(input_len=length, shared_prefix_len=256, prefix_groups=groups, num_prompts=n))
+    texts = [render_chat(p, profile.default_system_prompt) for p in ds.pool]  # as the simulator counts them
+    shared_chars = min(len(os.path.commonprefix([texts[i % groups], texts[i]])) for i in range(groups, n))
+    shared_tokens = shared_chars // cpt
+    assert 256 <= shared_tokens < 256 + 20  # the prefix and the template's start (its system message's head)
+    before = _hits(sim)
+    records: list = []
+    eng = LoadEngine(RequestSpec(url=sim.url, model="m", max_tokens=2), ds, on_record=records.append)
+    try:
+        await eng.run_wave(groups)  # the groups' firsts: different from their first block on
+        for _ in range((n - groups) // 12):
+            await eng.run_wave(12)
+    finally:
+        await eng.stop()
+    assert len(records) == n and all(r.ok for r in records)
+    assert all(abs(r.in_tokens - length) <= 1 for r in records)  # 4 characters a token: a few land one short
+    hits, queries = (a - b for a, b in zip(_hits(sim), before))
+    assert queries == sum(r.in_tokens for r in records)
+    assert hits == (n - groups) * (shared_chars // (bs * cpt)) * bs  # whole blocks of the shared text, no more
+    implied = (n - groups) / n * (shared_tokens // bs * bs) / length
+    assert abs(hits / queries - implied) < 0.01, (hits / queries, implied)

@@ -16,6 +16,7 @@ from qbench_tui.engine.http1 import RawClient
 class Script:
     writes: list[bytes]  # written in this order, each drained (the kernel may still merge them)
     then: str = "keep"  # keep (read the next request) | close | stall (send nothing more, keep the socket)
+    gap: float = 0.0  # seconds between writes: each write then arrives as a read of its own
 
 
 @dataclass
@@ -49,7 +50,9 @@ class RawServer:
                 path = head.split(b" ", 2)[1].decode()
                 name = path.rsplit("/", 1)[-1]
                 sc = self.once.pop(name, None) or self.scripts[name]
-                for w in sc.writes:
+                for k, w in enumerate(sc.writes):
+                    if k and sc.gap:
+                        await asyncio.sleep(sc.gap)
                     writer.write(w)
                     await writer.drain()
                 if sc.then == "close":
@@ -111,6 +114,12 @@ WHOLE_RESPONSES: dict[str, tuple[bytes, bytes]] = {
     "content-length": (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY), BODY),
     "interim-100": (b"HTTP/1.1 100 Continue\r\n\r\n" + chunked(b"after"), b"after"),
     "empty-chunked": (chunked(), b""),
+    # several whole chunks in one read (a client a step behind its server), at every split: whole ones, then a cut
+    # one, an extension, the last chunk
+    "many-chunks": (chunked(*(b"data: %d\n\n" % i for i in range(12))), b"".join(b"data: %d\n\n" % i for i in range(12))),
+    "many-chunks-extension-between": (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n3;e=1\r\nabc\r\n2\r\nxy\r\n"
+        b"10\r\n0123456789abcdef\r\n0\r\n\r\n", b"helloabcxy0123456789abcdef"),
 }
 
 
@@ -126,6 +135,25 @@ async def test_whole_response_at_every_split_on_one_connection(server, name):
             assert sink.body == want, i
             assert len(sink.ended) == 1, i
     assert server.connections == 1  # every response ended cleanly, so the one connection was kept
+
+
+async def test_several_whole_chunks_in_one_read_at_every_split(server):
+    """Reads that hold several whole chunks (a client a step behind its server) and then a cut one, at every byte:
+    the body is whole, and no read is handed over in more than one piece (writes merged by the kernel only make
+    fewer reads)."""
+    events = [b"data: %d\n\n" % i for i in range(12)]
+    framed = [b"%x\r\n%s\r\n" % (len(p), p) for p in events]
+    body = b"".join(framed)
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for i in range(1, len(body)):
+        server.scripts[f"s-{i}"] = Script([head, body[:i], body[i:], b"0\r\n\r\n"], gap=0.002)
+    async with RawClient(server.url) as client:
+        for i in range(1, len(body)):
+            reply, sink = await post(client, f"s-{i}")
+            assert (reply.status, reply.error) == (200, ""), i
+            assert sink.body == b"".join(events) and len(sink.ended) == 1, i
+            assert 1 <= len(sink.reads) <= 2, i  # two writes hold chunk data
+    assert server.connections == 1
 
 
 async def test_reads_are_stamped_in_order_between_send_and_return(server):
@@ -266,6 +294,8 @@ LF_RESPONSES: dict[str, tuple[bytes, bytes]] = {
     "lf-head-length-crlf-body": (b"HTTP/1.1 200 OK\nContent-Length: 22\n\ndata: a\r\n\r\ndata: b\r\n\r\n",
                                  b"data: a\r\n\r\ndata: b\r\n\r\n"),
     "mixed-head": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\r\nok", b"ok"),
+    "lf-chunk-among-crlf-chunks": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\nabc\r\n"
+                                   b"2\r\nxy\n4\r\nwxyz\r\n0\r\n\r\n", b"helloabcxywxyz"),
 }
 
 
@@ -332,3 +362,36 @@ async def test_a_new_connection_that_answers_nothing_is_a_failure_not_retried(se
         reply, _ = await post(client, "ok")
         assert reply.error == "connection error: server disconnected without sending a response"
         assert client.stale_retries == 0 and server.connections == 1 and len(server.seen) == 1
+
+
+@pytest.mark.parametrize("name", ["chunked", "many-chunks", "chunk-extension-and-trailer", "content-length"])
+def test_on_uvloop_every_split_reads_the_same(name):
+    """On uvloop (what `qbench run` and the engine process run) the client reads through a plain Protocol, not
+    the BufferedProtocol asyncio's loop gets: the same bytes at every split, one connection kept."""
+    import uvloop
+
+    from qbench_tui.engine import http1
+
+    raw, want = WHOLE_RESPONSES[name]
+
+    async def main() -> tuple[list, int, type]:
+        srv = RawServer()
+        for i in range(len(raw) + 1):
+            srv.scripts[f"{name}-{i}"] = Script([raw[:i], raw[i:]] if 0 < i < len(raw) else [raw])
+        s = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
+        srv.url = f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}"
+        got = []
+        try:
+            async with RawClient(srv.url) as client:
+                for i in range(len(raw) + 1):
+                    reply, sink = await post(client, f"{name}-{i}")
+                    got.append((reply.status, reply.error, sink.body, len(sink.ended)))
+                    kind = type(client._conn)
+        finally:
+            s.close()
+        return got, srv.connections, kind
+
+    got, connections, kind = uvloop.run(main())
+    assert kind is http1._StreamConn
+    assert got == [(200, "", want, 1)] * (len(raw) + 1)
+    assert connections == 1

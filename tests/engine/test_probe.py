@@ -148,7 +148,7 @@ async def test_probe_contract_keys_and_values() -> None:
     assert tuple(d) == PROBE_KEYS
     assert list(d) == ["kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "prefix_cache_hit_rate",
                        "num_requests_running", "num_requests_waiting", "num_preemptions", "prompt_tokens",
-                       "generation_tokens", "engines", "metrics_schema", "vllm_version", "models"]
+                       "generation_tokens", "engines", "metrics_schema", "vllm_version", "models", "per_engine"]
     assert d["kv_cache_usage"] == pytest.approx(0.0371)
     assert (d["prefix_cache_queries"], d["prefix_cache_hits"]) == (4096.0, 1536.0)
     assert d["prefix_cache_hit_rate"] == pytest.approx(1536 / 4096)

@@ -46,3 +46,33 @@ def test_bad_timelines_are_named(data, words):
 def test_bad_speed():
     with pytest.raises(ReplayError, match="speed"):
         steps(TL, speed=0)
+
+
+def test_open_loop_stretches_replay_as_rate_levels():
+    """A dashboard session's open loop (event "rate": rate, burstiness, cap) comes back as rate levels, the cap as
+    their concurrency; a concurrency after it is a closed level again."""
+    tl = [
+        {"t_s": 0.0, "event": "concurrency", "value": 4},
+        {"t_s": 5.0, "event": "rate", "value": 12.0, "burstiness": 0.5, "max_concurrency": 16},
+        {"t_s": 15.0, "event": "rate", "value": 6.0, "burstiness": 0.5, "max_concurrency": 16},
+        {"t_s": 18.0, "event": "pause"},
+        {"t_s": 20.0, "event": "resume"},
+        {"t_s": 20.0, "event": "rate", "value": 6.0, "burstiness": 0.5, "max_concurrency": 16},
+        {"t_s": 24.0, "event": "concurrency", "value": 4},
+        {"t_s": 30.0, "event": "end"},
+    ]
+    got = steps(read_timeline({"timeline": tl}))
+    assert got == [Step("level", 4, 5.0), Step("level", 16, 10.0, mode="rate", rate=12.0, burstiness=0.5),
+                   Step("level", 16, 3.0, mode="rate", rate=6.0, burstiness=0.5), Step("wait", 0, 2.0),
+                   Step("level", 16, 4.0, mode="rate", rate=6.0, burstiness=0.5), Step("level", 4, 6.0)]
+
+
+@pytest.mark.parametrize("ev", [
+    {"t_s": 0, "event": "rate"},
+    {"t_s": 0, "event": "rate", "value": 0},
+    {"t_s": 0, "event": "rate", "value": 2.0, "burstiness": -1},
+    {"t_s": 0, "event": "rate", "value": 2.0, "max_concurrency": 1.5},
+])
+def test_a_bad_rate_event_is_named(ev):
+    with pytest.raises(ReplayError, match="sets no request rate"):
+        read_timeline({"timeline": [ev]})

@@ -52,7 +52,10 @@ ADDED_LIVE_SERVER = (SERVER - LIVE_SERVER) | {"span_s"}  # one server summary fo
 CLIENT = {"cpu_pct", "loop_lag_ms", "max_loop_lag_ms"}
 # the knee rule's share, the cause as a word, the two recommendations and goodput under an SLO
 ADDED_SATURATION = {"knee_share", "cause_kind", "interactive_concurrency", "interactive_why", "batch_concurrency",
-                    "batch_why", "slo", "goodput_concurrency", "goodput_output_throughput"}
+                    "batch_why", "slo", "goodput_concurrency", "goodput_output_throughput",
+                    # the axis the knee was judged along, and its levels as offered request rates (open loop)
+                    "axis", "knee_request_rate", "peak_request_rate", "interactive_request_rate",
+                    "batch_request_rate", "goodput_request_rate", "sustained_request_rate"}
 SECRET = "sk-qbench-test-SECRET-456"
 
 

@@ -127,3 +127,26 @@ async def test_a_session_that_breaks_says_error_in_its_last_snapshot(session):
         await asyncio.wait_for(session.run(), 30)
     last = session.emitted[-1]
     assert last.status is EngineStatus.ERROR and "segment table exploded" in last.message
+
+
+def test_mode_and_rate_show_the_intent_until_acknowledged():
+    from qbench_tui.engine.snapshot import MAX_RATE, MIN_RATE, SetMode, SetRate, clamp_rate
+
+    c = LiveControl(8, False)
+    assert c.mode == "closed" and c.rate == 0.0
+    c.stamp(SetMode("open", 0.0))  # the engine picks the start: nothing to show until it says
+    assert c.mode == "open" and c.rate == 0.0 and c.pending
+    c.seen(replace(snap(8, ack=0), mode="closed"))
+    assert c.mode == "open"  # not applied yet
+    c.seen(replace(snap(8, ack=1), mode="open", request_rate=12.0))
+    assert c.mode == "open" and c.rate == 12.0 and not c.pending and c.target == 8
+    c.stamp(SetRate(13.0))
+    assert c.rate == 13.0
+    c.seen(replace(snap(8, ack=1), mode="open", request_rate=12.0))
+    assert c.rate == 13.0
+    c.seen(replace(snap(8, ack=2), mode="open", request_rate=13.0))
+    c.stamp(SetMode("closed", concurrency=8))
+    assert c.mode == "closed" and c.target == 8
+    c.seen(replace(snap(8, ack=3), mode="closed", request_rate=None))
+    assert c.mode == "closed" and c.rate == 13.0  # the last open rate: what `o` returns to
+    assert clamp_rate(0) == MIN_RATE and clamp_rate(1e9) == MAX_RATE and clamp_rate(float("nan")) == MIN_RATE

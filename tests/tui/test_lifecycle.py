@@ -344,10 +344,10 @@ def test_the_url_wait_ends_at_once_on_a_missing_key_naming_it():
     from types import SimpleNamespace
 
     from qbench_tui.commands.live import _url_waiter
-    from qbench_tui.config import LoadConfig
+    from qbench_tui.config import FleetConfig, LoadConfig
     from tests.engine.test_probe import FakeServer
 
-    cfg = SimpleNamespace(load=LoadConfig())
+    cfg = SimpleNamespace(load=LoadConfig(), fleet=FleetConfig())
     found: list[str] = []
     seen: list[WaitStatus] = []
     with FakeServer(want_key="sk-right") as srv:

@@ -19,7 +19,7 @@ from typing import Any
 from .faults import FaultDice, FaultPlan, Faults
 from .metrics import SimMetrics
 from .profile import Profile
-from .requests import ApiError, error_body, parse_generate, read_json
+from .requests import ApiError, error_body, more_hashes, parse_generate, read_json
 from .scheduler import SimEngine, SimRequest
 from .tokenize import tokenize
 
@@ -114,6 +114,7 @@ class SimApp:
         self._model_json = json.dumps(self.model_name).encode()
         words = _words(profile.vocab_text or DEFAULT_TEXT)
         self._words = words
+        self._text_words = [json.loads(b'"' + w + b'"') for w in words]  # as a client decodes them
         self._chat_mid = [w + CHAT_SUFFIX for w in words]
         self._cmpl_mid = [w + CMPL_SUFFIX for w in words]
         self._routes: dict[str, Callable[..., Any]] = {
@@ -227,7 +228,7 @@ class SimApp:
             if self.dice.rate_limited():
                 await self._respond(send, 429, RATE_LIMITED, self._limited_headers)
                 return
-            n, hashes, max_tokens, param, stream, target = parse_generate(
+            n, hashes, max_tokens, param, stream, target, text = parse_generate(
                 data, chat, self.profile, self.model_name, self.engine.draw_answer_len)
             plan = self.dice.plan(target, stream)
             if plan.error:
@@ -241,6 +242,8 @@ class SimApp:
             await asyncio.sleep(fl / self.speed)
         rid = f"{self._id_prefix}{next(self._ids):x}"
         req = SimRequest(rid, n, hashes, max_tokens, target, arrival, param)
+        if text is not None and self.profile.enable_prefix_caching:
+            req.continuation = lambda: self._answer_hashes(text, hashes, target)
         so = data.get("stream_options")
         include_usage = isinstance(so, dict) and so.get("include_usage", True) is not False
         truth = None
@@ -262,6 +265,14 @@ class SimApp:
                 truth["completion_tokens"] = req.num_output
                 truth["finish_reason"] = req.finish_reason
                 self.truth.add(truth)
+
+    def _answer_hashes(self, prompt: str, hashes: list[int], n: int) -> list[int]:
+        """The generated blocks' hashes: over the prompt's text and the n tokens' words it streams (as a next
+        turn's chat template renders them: the answer right after the prompt's generation prompt)."""
+        tw = self._text_words
+        answer = "".join(tw[i % len(tw)] for i in range(n))
+        p = self.profile
+        return more_hashes(prompt + answer, hashes, p.block_size, p.chars_per_token)
 
     async def _watch_disconnect(self, receive, req: SimRequest) -> None:
         while True:

@@ -23,6 +23,7 @@ class Generate(NamedTuple):
     max_tokens_param: int | None  # as the client sent it (the request_params_max_tokens histogram)
     stream: bool
     target: int  # output tokens the simulated model will produce before it stops
+    text: str | None = None  # the prompt's text as counted and hashed (None: a token-id prompt)
 
 
 def error_body(message: str, err_type: str, code: int, param: str | None = None) -> bytes:
@@ -57,15 +58,28 @@ def render_chat(messages: list[Any], default_system: str) -> str:
 
 
 def text_tokens(text: str, block_size: int, chars_per_token: int) -> tuple[int, list[int]]:
-    """(token count, chained hashes of full blocks) with one 'token' per chars_per_token characters."""
+    """(token count, chained hashes of full blocks) with one 'token' per chars_per_token characters. A block is
+    hashed only when its characters are all there: a last block whose final 'token' is short would hash other text
+    than the same block of a longer prompt (a next turn's) has, and miss there."""
     n = max(1, -(-len(text) // chars_per_token))
     step = block_size * chars_per_token
     h = 0x5EED
     hashes = []
-    for i in range(n // block_size):
+    for i in range(len(text) // step):
         h = hash((h, text[i * step:(i + 1) * step]))
         hashes.append(h)
     return n, hashes
+
+
+def more_hashes(text: str, hashes: list[int], block_size: int, chars_per_token: int) -> list[int]:
+    """The chain of `hashes` (text_tokens of a prefix of `text`) continued over `text`'s further full blocks."""
+    step = block_size * chars_per_token
+    h = hashes[-1] if hashes else 0x5EED
+    out = []
+    for i in range(len(hashes), len(text) // step):
+        h = hash((h, text[i * step:(i + 1) * step]))
+        out.append(h)
+    return out
 
 
 def id_tokens(ids: list[int], block_size: int) -> tuple[int, list[int]]:
@@ -120,14 +134,17 @@ def parse_generate(data: dict[str, Any], chat: bool, profile: Profile, model_nam
     model = data.get("model")
     if model is not None and model != model_name:
         raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError")
+    text: str | None = None
     if chat:
-        n, hashes = text_tokens(render_chat(messages, p.default_system_prompt), p.block_size, p.chars_per_token)
+        text = render_chat(messages, p.default_system_prompt)
+        n, hashes = text_tokens(text, p.block_size, p.chars_per_token)
     elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
         n, hashes = id_tokens(prompt, p.block_size)
     else:
         if isinstance(prompt, list):
             prompt = prompt[0] if prompt else ""
-        n, hashes = text_tokens(str(prompt), p.block_size, p.chars_per_token)
+        text = str(prompt)
+        n, hashes = text_tokens(text, p.block_size, p.chars_per_token)
     mml = p.max_model_len
     if n >= mml:
         raise ApiError(400, f"This model's maximum context length is {mml} tokens. However, your request has "
@@ -161,4 +178,4 @@ def parse_generate(data: dict[str, Any], chat: bool, profile: Profile, model_nam
             target = min_tokens
         if target > max_tokens:
             target = max_tokens
-    return Generate(n, hashes, max_tokens, param, stream, target)
+    return Generate(n, hashes, max_tokens, param, stream, target, text)

@@ -3,9 +3,11 @@
 Per step (like vllm/v1/core/sched/scheduler.py): running requests first, then waiting ones (FCFS), under a shared
 token budget (max_num_batched_tokens, chunked prefill) and max_num_seqs. KV memory is num_gpu_blocks blocks of
 block_size tokens; full blocks are hashed (chained) and reused across requests while they stay in the pool (prefix
-caching: only whole blocks hit and the last prompt token never does). When a running request needs a block and none
-is free, the newest running request is preempted (recompute): its blocks are freed (they stay cached until evicted)
-and it goes back to the front of the waiting queue.
+caching: only whole blocks hit and the last prompt token never does). Blocks of generated tokens are cached too, as
+vLLM caches them: hashed over the prompt's text followed by the answer's (`continuation`), so a next turn that
+resends the history and the answer hits them (engine/conversations.py's load). When a running request needs a block
+and none is free, the newest running request is preempted (recompute): its blocks are freed (they stay cached until
+evicted) and it goes back to the front of the waiting queue.
 
 The step's duration comes from the profile's cost model and is slept (divided by `speed`) before its tokens are
 handed out, so clients observe batching, queueing and saturation in wall-clock time.
@@ -16,6 +18,7 @@ import asyncio
 import math
 import random
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,7 +33,7 @@ class SimRequest:
         "rid", "prompt_len", "hashes", "salt", "max_tokens", "target", "finish_on_target", "arrival",
         "num_output", "num_computed", "blocks", "reg_upto", "status", "finished", "finish_reason", "aborted",
         "waiter", "wake_each_token", "first_scheduled", "first_token_t", "last_token_t", "finish_t",
-        "num_preemptions", "cached_tokens", "max_tokens_param",
+        "num_preemptions", "cached_tokens", "max_tokens_param", "continuation", "gen_hashes",
     )
 
     def __init__(self, rid: str, prompt_len: int, hashes: list[int], max_tokens: int, target: int,
@@ -61,12 +64,21 @@ class SimRequest:
         self.finish_t: float | None = None
         self.num_preemptions = 0
         self.cached_tokens = 0
+        # () -> chained hashes of the full blocks after the prompt's, over prompt text + answer text (None: the
+        # generated blocks are this request's own); asked once, when the first generated block is hashed
+        self.continuation: Callable[[], list[int]] | None = None
+        self.gen_hashes: list[int] | None = None
 
     def block_hash(self, i: int) -> int:
         h = self.hashes
         if i < len(h):
             return h[i]
-        # blocks holding generated tokens: unique to this request, stable across its recomputes
+        if self.continuation is not None:
+            self.gen_hashes, self.continuation = self.continuation(), None
+        g = self.gen_hashes
+        if g is not None and i - len(h) < len(g):
+            return g[i - len(h)]
+        # past the answer's text (or no text known): unique to this request, stable across its recomputes
         return hash((self.salt, i))
 
     def _wake(self) -> None:

@@ -1,9 +1,9 @@
 """The live dashboard. Keys live here (not on the App) so modal screens never see them.
 
-The screen is handed its state and never reads the App: target, paused, whether a ladder runs, simulated and whether
-an engine runs are bound in (data_bind) and passed on to the control bar; Snapshots and log lines arrive through
-show()/show_log_lines(). The key bindings name app actions (`app.save`): a message to whoever runs the screen, not a
-reference to it.
+The screen is handed its state and never reads the App: target, paused, whether a ladder runs, simulated, whether
+an engine runs, the loop's mode and its rate are bound in (data_bind) and passed on to the control bar; Snapshots
+and log lines arrive through show()/show_log_lines(). The key bindings name app actions (`app.save`): a message to
+whoever runs the screen, not a reference to it.
 
 Wide screens show the saturation curve beside the throughput chart. Narrow ones fold it into the `l` cycle, after
 the three latency histograms: the curve then takes the histogram's place (and on short screens the segment table's
@@ -20,6 +20,7 @@ from textual.widgets import Footer, Header
 
 from qbench_tui.engine.snapshot import Snapshot
 from qbench_tui.tui.widgets.curve import CurvePanel
+from qbench_tui.tui.widgets.endpoints import EndpointsPanel
 from qbench_tui.tui.widgets.panels import (
     ControlBar,
     FailuresPanel,
@@ -45,6 +46,7 @@ class DashboardScreen(Screen):
         Binding("pagedown,shift+down", "app.change_concurrency(-10)", "-10", show=False, priority=True),
         Binding("c", "app.ask_concurrency", "Set C"),
         Binding("a", "app.toggle_auto", "Auto"),
+        Binding("o", "app.toggle_mode", "Open/closed loop", show=False),
         Binding("space", "app.toggle_pause", "Pause"),
         Binding("r", "app.reset_window", "Reset", show=False),
         Binding("l", "cycle_latency", "View", show=False),
@@ -58,6 +60,8 @@ class DashboardScreen(Screen):
     target: var[int] = var(0)
     paused: var[bool] = var(False)
     auto: var[bool] = var(False)
+    mode: var[str] = var("closed")  # "open": the control shows the request rate instead of the target
+    rate: var[float] = var(0.0)
     simulated: var[bool] = var(False)
     engine_up: var[bool] = var(False)
     waiting: var[str] = var("")  # while there is no engine yet: the server is not up, and the next retry
@@ -76,7 +80,8 @@ class DashboardScreen(Screen):
         yield ControlBar(id="control").data_bind(DashboardScreen.target, DashboardScreen.paused,
                                                  DashboardScreen.auto, DashboardScreen.simulated,
                                                  DashboardScreen.engine_up, DashboardScreen.waiting,
-                                                 DashboardScreen.engine_failed)
+                                                 DashboardScreen.engine_failed, DashboardScreen.mode,
+                                                 DashboardScreen.rate)
         with Horizontal(id="row-top"):
             yield ThroughputPanel(id="throughput", classes="panel")
             yield CurvePanel(id="curve", classes="panel")
@@ -88,6 +93,7 @@ class DashboardScreen(Screen):
                 box.border_title = "Segments"
                 yield SegmentTable(id="segments")
                 yield KneeLine(id="knee")
+            yield EndpointsPanel(id="endpoints", classes="panel")  # shown only under several endpoints
             with Vertical(id="side"):
                 yield FailuresPanel(id="failures", classes="panel")
                 yield GpuPanel(id="gpu", classes="panel")
@@ -106,6 +112,7 @@ class DashboardScreen(Screen):
         self.query_one(ServerPanel).show(snap, now)
         self.query_one(FailuresPanel).show(snap)
         self.query_one(GpuPanel).show(snap)
+        self.query_one(EndpointsPanel).show(snap)
         self.query_one(SegmentTable).show(snap.segments)
         self.query_one(KneeLine).show(snap.knee)
         self.query_one(StatusLine).show(snap)

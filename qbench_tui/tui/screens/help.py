@@ -11,11 +11,12 @@ from qbench_tui.engine.snapshot import MAX_CONCURRENCY
 
 # (keys, what) - the single source for the help screen; the bindings live on DashboardScreen
 KEYS: tuple[tuple[str, str], ...] = (
-    ("↑ / +", "concurrency +1"),
-    ("↓ / -", "concurrency -1"),
-    ("PgUp / shift+↑", "concurrency +10"),
-    ("PgDn / shift+↓", "concurrency -10"),
+    ("↑ / +", "concurrency +1 (open loop: rate ×1.1)"),
+    ("↓ / -", "concurrency -1 (open loop: rate ÷1.1)"),
+    ("PgUp / shift+↑", "concurrency +10 (open loop: rate ×2)"),
+    ("PgDn / shift+↓", "concurrency -10 (open loop: rate ÷2)"),
     ("c", f"type a concurrency (0..{MAX_CONCURRENCY})"),
+    ("o", "open loop (a request rate) / closed loop"),
     ("a", "auto ladder: find the knee from here"),
     ("", "a again, ↑/↓/c or space stops it"),
     ("space", "pause / resume the load"),

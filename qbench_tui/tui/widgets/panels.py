@@ -45,6 +45,8 @@ class ControlBar(Horizontal):
     target: var[int] = var(0)
     paused: var[bool] = var(False)
     auto: var[bool] = var(False)  # a ladder runs, or was asked for and the engine has not said so yet
+    mode: var[str] = var("closed")  # "open": the rate asked for takes the target's place
+    rate: var[float] = var(0.0)
     simulated: var[bool] = var(False)
     engine_up: var[bool] = var(False)
     waiting: var[str] = var("")
@@ -83,6 +85,8 @@ class ControlBar(Horizontal):
                 state = "[$text-muted]○ no engine[/]"
         elif snap is not None and snap.status in (EngineStatus.ERROR, EngineStatus.STOPPED):
             state = f"[b $error]■ {EngineStatus(snap.status).value.upper()}[/]"
+            if snap.exit_code and snap.message:  # the session never started (a fleet flag): the line is the news
+                why = f"[b $error]— {escape(snap.message)}[/]"
         elif self.paused:
             state = "[b $warning]‖ PAUSED[/]"
             if snap is not None and snap.paused_why:  # the engine paused itself: the reason is the news
@@ -99,9 +103,11 @@ class ControlBar(Horizontal):
         ladder = bool(self.auto or progress)
         # while a ladder runs its progress takes the segment's place: the ladder opens the segments itself
         where = "" if ladder else f"  segment [b]{seg}[/]"
-        self.query_one("#conc", Field).set(
-            f"target [b reverse] {self.target} [/]  in flight [b]{in_flight}[/]{where}{failed}"
-        )
+        if self.mode == "open":
+            held = open_loop_words(self.rate, snap)
+        else:
+            held = f"target [b reverse] {self.target} [/]"
+        self.query_one("#conc", Field).set(f"{held}  in flight [b]{in_flight}[/]{where}{failed}")
         if self.auto and not progress:
             progress = "starting…"
         elif progress and not self.auto:
@@ -113,8 +119,28 @@ class ControlBar(Horizontal):
             self.query_one("#totals", Field).set(f"done {snap.completed_total:,}  t {snap.t:.0f} s")
         self.set_class(self.simulated, "-simulated")
 
-    watch_target = watch_paused = watch_auto = watch_simulated = watch_engine_up = _paint
+    watch_target = watch_paused = watch_auto = watch_simulated = watch_engine_up = watch_mode = watch_rate = _paint
     watch_waiting = watch_engine_failed = _paint
+
+
+def rate_text(rate: float) -> str:
+    return f"{rate:g} r/s" if rate else "… r/s"
+
+
+def open_loop_words(rate: float, snap: Snapshot | None) -> str:
+    """The open loop's part of the control bar: the rate asked for (the face's intent until acknowledged), the
+    cap, and the rolling window's schedule lag, flagged when it breaks LevelResult.behind_schedule's rule."""
+    text = f"rate [b reverse] {rate_text(rate)} [/]"
+    if snap is None or snap.mode != "open":
+        return text
+    if snap.rate_cap:
+        text += f" ≤{snap.rate_cap}"
+    lag = snap.schedule_lag
+    if lag.count:
+        text += f"  lag p50/p99 {dur(lag.p50)}/{dur(lag.p99)}"
+    if snap.behind_schedule:
+        text += "  [b reverse $error] BEHIND SCHEDULE [/]"
+    return text
 
 
 class StatusLine(Horizontal):

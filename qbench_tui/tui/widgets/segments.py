@@ -1,4 +1,5 @@
-"""Live results table: one row per concurrency level visited, cells updated in place; under it the knee verdict."""
+"""Live results table: one row per level visited (a concurrency, or an open loop's rate: "4 r/s", "≤C" its cap,
+"late" when it fell behind its schedule), cells updated in place; under it the knee verdict."""
 from __future__ import annotations
 
 from textual.markup import escape
@@ -23,10 +24,17 @@ COLUMNS = (
 )
 
 
+def level_cell(r: SegmentRow) -> str:
+    if r.request_rate is None:
+        return str(r.concurrency)
+    cap = f" ≤{r.concurrency}" if r.concurrency else ""
+    return f"{r.request_rate:g} r/s{cap}" + (" late" if r.behind_schedule else "")
+
+
 def row_cells(r: SegmentRow) -> tuple[str, ...]:
     return (
         str(r.segment),
-        str(r.concurrency),
+        level_cell(r),
         f"{r.seconds:.0f}",
         num(r.req_s, 2),
         num(r.tok_s, 1),
