@@ -40,3 +40,28 @@ def run_qbench(*args: str, timeout: float = 180, env: dict | None = None, **kw) 
     cwd = kw.get("cwd") or tempfile.mkdtemp(prefix="qbench-test-")
     return subprocess.run([sys.executable, "-m", "qbench_tui.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=e, cwd=cwd)
+
+
+@pytest.fixture
+def term(tmp_path):
+    """Factory: term(args, env=None) -> a qbench command in a real tmux terminal (tests/e2e/test_tmux_stops.Term);
+    whatever it started is killed and the session closed at teardown, pass or fail."""
+    import psutil
+
+    from tests.e2e.test_tmux_stops import Term
+
+    made: list[Term] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None) -> Term:
+        t = Term(tmp_path, args, env)
+        made.append(t)
+        return t
+
+    yield start
+    for t in made:
+        for p in t.procs():  # a failed test must not leave a load running
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        t.close()

@@ -166,8 +166,9 @@ class StreamTiming:
             # _has_choices and _is_empty_delta inlined for the usual content event (`"choices":[{`, a "content"
             # key): two calls less per token; any other shape takes the functions, unchanged. Measured (min of 300
             # timings, SSE framing included, fast_sse_server's events): 1.57 -> 1.45 us per token at one event
-            # per read, 1.72 -> 1.61 at four; end to end (bench/cost_per_token.py, headless, with http1's
-            # several-chunks path) 1.09x tokens per client CPU-second at C=256, 1.03x at C=1000.
+            # per read, 1.72 -> 1.61 at four. End to end (bench/cost_per_token.py, headless, with http1's
+            # several-chunks path and plain Protocol) 1.01-1.19x tokens per client CPU-second at C=64..1000 in
+            # two runs on a shared machine: the gain is real but near the bench's noise.
             i = p.find(b'"choices":')
             if i >= 0 and (p.startswith(b"[{", i + 10) or _has_choices(p)):
                 if self.ttft is None:

@@ -14,13 +14,8 @@ import queue
 import signal
 import sys
 
-from ..server.proctree import set_pdeathsig
+from .child import child_signals_and_loop, die_with_parent
 from .snapshot import Command, EngineStatus, Save, Snapshot, Stop
-
-
-def die_with_parent() -> None:
-    """Linux: get SIGTERM when the parent dies, even by SIGKILL, so no engine outlives qbench."""
-    set_pdeathsig(signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -69,16 +64,7 @@ def _child_main(cfg, cmd_conn, snaps, quiet: bool = False) -> None:
     mp.current_process().daemon = False
     if quiet:
         _quiet_child_output(cfg.out_dir)
-    # Ctrl-C belongs to the face, which sends Save and Stop. So does SIGHUP: a closed terminal sends it to the whole
-    # foreground group, and an engine that died of it would leave the face nothing to save.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        import uvloop  # the faster loop, when installed (uvicorn[standard] brings it)
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
+    child_signals_and_loop()  # Ctrl-C and SIGHUP: the face sends Save and Stop instead
     from .session import EngineSession
 
     def emit(snap: Snapshot) -> None:

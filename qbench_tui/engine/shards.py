@@ -29,7 +29,6 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
-import signal
 import socket
 import struct
 from dataclasses import replace
@@ -69,18 +68,10 @@ def _frame(obj) -> bytes:
 
 
 def _shard_main(spec: RequestSpec, conn, index: int) -> None:
-    from ..server.proctree import set_pdeathsig
+    from .child import child_signals_and_loop, die_with_parent
 
-    set_pdeathsig(signal.SIGTERM)  # the engine died, even by SIGKILL: no shard outlives it
-    # signals are the engine's to handle: it cancels what is in flight and tells the shards
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
+    die_with_parent()  # the engine died, even by SIGKILL: no shard outlives it
+    child_signals_and_loop()  # signals are the engine's: it cancels what is in flight and tells the shards
     sock = socket.socket(fileno=os.dup(conn.fileno()))
     conn.close()
     asyncio.run(_serve(spec, sock, index))

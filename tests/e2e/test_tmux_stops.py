@@ -149,25 +149,6 @@ def done(text: str) -> int:
     return int(m.group(1).replace(",", "")) if m else 0
 
 
-@pytest.fixture
-def term(tmp_path):
-    made: list[Term] = []
-
-    def start(args: list[str], env: dict[str, str] | None = None) -> Term:
-        t = Term(tmp_path, args, env)
-        made.append(t)
-        return t
-
-    yield start
-    for t in made:
-        for p in t.procs():  # a failed test must not leave a load running
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        t.close()
-
-
 def _demo_running(term, out: Path) -> tuple[Term, list[psutil.Process]]:
     t = term(["demo", "--concurrency", "4", "--out", str(out)])
     # a level has settled by ~40 requests at C=4: the files must then hold it

@@ -7,36 +7,16 @@ import re
 import shutil
 import socket
 
-import psutil
 import pytest
 
 from qbench_tui.server.net import free_port
-from tests.e2e.test_tmux_stops import Term, done, gone, saved_run
+from tests.e2e.test_tmux_stops import done, gone, saved_run
 
 pytestmark = pytest.mark.tmux
 
 if shutil.which("tmux") is None:
     pytest.skip("tmux not installed (apt-get install tmux); CI installs it and runs this test",
                 allow_module_level=True)
-
-
-@pytest.fixture
-def term(tmp_path):
-    made: list[Term] = []
-
-    def start(args: list[str]) -> Term:
-        t = Term(tmp_path, args)
-        made.append(t)
-        return t
-
-    yield start
-    for t in made:
-        for p in t.procs():  # a failed test must not leave a load running
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        t.close()
 
 
 def _listening(port: int) -> bool:
