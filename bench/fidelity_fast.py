@@ -58,8 +58,11 @@ async def _client(url: str, c: int, n: int, procs: int, tokens: int) -> list[dic
         await eng.stop()
         if pool is not None:
             await pool.close()
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the shards, joined by pool.close()
     out = [_rec_dict(r) for r in recs]
-    out.append({"engine_cpu_s": time.process_time() - t_cpu})
+    out.append({"engine_cpu_s": time.process_time() - t_cpu, "shards_cpu_s": kids.ru_utime + kids.ru_stime})
     return out
 
 
@@ -104,7 +107,8 @@ def one_run(a, procs: int) -> dict:
         srv.wait(30)
     with open(out) as f:
         recs = json.load(f)
-    cpu = recs.pop()["engine_cpu_s"]
+    cpus = recs.pop()
+    cpu = cpus["engine_cpu_s"]
     with open(truth) as f:
         streams = [json.loads(line) for line in f if line.strip()]
     res = analyze(recs, streams, skip_first=a.concurrency)
@@ -112,6 +116,7 @@ def one_run(a, procs: int) -> dict:
     span = (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
     res["chunks_per_s"] = len(stamps) / span if span else 0.0
     res["engine_cpu_s"] = cpu
+    res["client_cpu_s"] = cpu + cpus["shards_cpu_s"]
     res["tokens"] = sum(r["out"] for r in recs if r["ok"])
     return res
 
@@ -149,11 +154,11 @@ def main() -> None:
     print(ANCHORS)
     for procs in a.procs:
         r = one_run(a, procs)
-        tps = r["tokens"] / r["engine_cpu_s"] if r["engine_cpu_s"] else float("nan")
+        tps = r["tokens"] / r["client_cpu_s"] if r["client_cpu_s"] else float("nan")
         print(f"\n--client-procs {procs}: server wrote {r['chunks_per_s']:,.0f} chunks/s; matched {r['matched']} of "
               f"{r['ok']} ok ({r['unmatched']} unmatched, {r['event_count_mismatch']} event-count mismatches); "
-              f"engine process {r['engine_cpu_s']:.1f} CPU-s ({tps:,.0f} tokens per engine CPU-second"
-              f"{', shards not counted' if procs > 1 else ''})")
+              f"client {r['client_cpu_s']:.1f} CPU-s (engine process {r['engine_cpu_s']:.1f}), {tps:,.0f} tokens "
+              "per client CPU-second")
         print(f"  TTFT error   {_fmt(r['ttft_err'])}")
         print(f"    send       {_fmt(r['send_delay'])}")
         print(f"    first read {_fmt(r['first_delay'])}")

@@ -97,3 +97,34 @@ async def test_an_address_that_does_not_answer_is_one_line():
     pool = RayShardPool(RequestSpec(url="http://127.0.0.1:1", model="m"), 1, f"127.0.0.1:{free_port()}")
     with pytest.raises(RayUnavailable, match="no Ray cluster answered"):
         await pool.start()
+
+
+def test_the_dashboards_engine_drives_ray_shards_live(sim_proc, ray_cluster, tmp_path):
+    """The live session (its own engine process) with `--ray`: a concurrency change reaches the actors at once,
+    every record comes back whole, and the session's end shuts the driver down."""
+    import json
+
+    from qbench_tui.config import FleetConfig
+    from qbench_tui.engine.process import EngineProcess
+    from qbench_tui.engine.session import SessionConfig
+    from qbench_tui.engine.snapshot import SetConcurrency
+
+    address, _ = ray_cluster
+    sim = sim_proc("h200-fast", "--model", "m")
+    spec = RequestSpec(url=sim.url, model="m", max_tokens=16, ignore_eos=True)
+    eng = EngineProcess(SessionConfig(spec=spec, prompt="hi", out_dir=str(tmp_path), window_s=5,
+                                      min_segment_s=0.3, fleet=FleetConfig(ray=address, client_procs=2)))
+    try:
+        first = eng.wait_for(lambda s: s.status == "running", 120)
+        assert first is not None and "on Ray" in first.message, eng.last
+        for c in (3, 9):
+            eng.send(SetConcurrency(c))
+            assert eng.wait_for(lambda s, c=c: s.target_concurrency == c and s.in_flight == c, 60) is not None
+        assert eng.wait_for(lambda s: s.completed_total >= 60, 60) is not None
+    finally:
+        eng.close(timeout=30)
+    last = eng.last
+    assert last is not None and last.status == "stopped" and last.failed_total == 0
+    recs = [json.loads(line) for line in open(last.saved[2])]
+    assert sum(not r.get("warmup") for r in recs) == last.completed_total
+    assert all(r["ok"] and r["out_tokens"] == 16 for r in recs)
