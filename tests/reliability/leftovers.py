@@ -1,9 +1,14 @@
 """After a test: nothing it started is still running (nginx, a simulator, qbench, an engine process)."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 
 import psutil
+
+from qbench_tui.server import proctree
 
 WATCHED = ("nginx", "qbench_tui", "qbench")
 
@@ -29,3 +34,23 @@ def assert_nothing_left(grace: float = 5.0) -> None:
         time.sleep(0.1)
         left = running_descendants()
     assert not left, f"still running after the test: {left}"
+
+
+def stop_group(proc: subprocess.Popen | None, wait: float = 10.0) -> None:
+    """SIGTERM a server started in its own process group (nginx, prometheus), SIGKILL what is left; the whole group
+    is gone when this returns."""
+    if proc is None:
+        return
+    pgid = proc.pid
+    if proc.poll() is None:
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            proc.wait(5)
+    deadline = time.monotonic() + 5
+    while proctree.group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proctree.group_alive(pgid):
+        proctree.killpg(pgid, signal.SIGKILL)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from qbench_tui.server import proctree
 from qbench_tui.server.net import free_port
+from tests.reliability.leftovers import stop_group
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -91,18 +91,4 @@ class Nginx:
 
     def stop(self) -> None:
         """Fast shutdown of the master and its workers; the whole group is gone when this returns."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        if self.proc.poll() is None:
-            os.killpg(pgid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(pgid, signal.SIGKILL)
-                self.proc.wait(5)
-        deadline = time.monotonic() + 5
-        while proctree.group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if proctree.group_alive(pgid):
-            proctree.killpg(pgid, signal.SIGKILL)
+        stop_group(self.proc)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -38,7 +36,7 @@ from qbench_tui.engine.promql import NoVllmSeries, PrometheusError, PromSource
 from qbench_tui.engine.records import RequestSpec
 from qbench_tui.server import proctree
 from qbench_tui.server.net import free_port
-from tests.reliability.leftovers import assert_nothing_left
+from tests.reliability.leftovers import assert_nothing_left, stop_group
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (apt-get install prometheus)")
@@ -101,18 +99,7 @@ class Prometheus:
         return " | ".join(p.read_text().splitlines()[-5:]) if p.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        if self.proc.poll() is None:
-            os.killpg(pgid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(pgid, signal.SIGKILL)
-                self.proc.wait(5)
-        if proctree.group_alive(pgid):
-            proctree.killpg(pgid, signal.SIGKILL)
+        stop_group(self.proc, wait=15)
 
 
 def _no_prometheus_left() -> None:
