@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .auto_plans import AutoPlans, RateAutoPlans
 from .common import (
     EXIT_FAIL,
     Target,
@@ -19,50 +20,9 @@ from .common import (
     resolve_model,
     spec_and_prompts,
 )
-from .sweep_rates import RateAutoPlans, add_rate_arguments, check_rates, level_plan, rate_overrides
+from .sweep_rates import add_rate_arguments, check_rates, level_plan, rate_overrides
 
 AUTO_LEVEL_S = 10.0  # --auto: seconds measured per level once it is steady, unless --duration/--requests say
-
-
-class AutoPlans:
-    """run_plan's `plans` for --auto: the ladder policy's next level (engine/ladder.py) as a LevelPlan, then the
-    hold at the found level when asked, then None. The levels after the first `n_ladder` are the hold, not the ladder:
-    the verdict is judged on the ladder's own levels."""
-
-    def __init__(self, ladder, plan, hold_s: float = 0.0, slo=(), say=lambda line: None) -> None:
-        self.ladder, self.plan, self.hold_s, self.slo, self.say = ladder, plan, hold_s, slo, say
-        self.t0: float | None = None
-        self.done = None  # the ladder's last Step, once it said it is done
-        self.n_ladder: int | None = None  # how many results the ladder measured (set when it is done)
-        self.hold_at: int | None = None
-
-    def ladder_levels(self, levels: list) -> list:
-        return levels if self.n_ladder is None else levels[:self.n_ladder]
-
-    def __call__(self, results: list):
-        import time
-
-        from ..engine.knee import find_knee
-        from ..engine.ladder import next_step
-
-        now = time.monotonic()
-        if self.t0 is None:
-            self.t0 = now
-        if self.done is not None:
-            return None  # the hold (if any) has run
-        step = next_step(self.ladder, results, now - self.t0)
-        if step.concurrency is not None:
-            self.say(f"ladder: {step.why}")
-            return self.plan(step.concurrency, None)
-        self.done, self.n_ladder = step, len(results)
-        self.say(f"ladder done: {step.why}")
-        if self.hold_s > 0 and results:
-            k = find_knee(results, self.ladder.share, self.slo)
-            self.hold_at = k.interactive_concurrency or k.knee_concurrency or k.peak_concurrency
-            if self.hold_at:
-                self.say(f"holding at concurrency {self.hold_at} for {self.hold_s:g} s")
-                return self.plan(self.hold_at, self.hold_s)
-        return None
 
 
 def check_auto(args: argparse.Namespace, cfg, open_loop: bool = False):

@@ -97,46 +97,6 @@ def level_plan(setup: RateSweep, cfg, rate: float, hold_s: float | None = None, 
                      seed=cfg.load.seed)
 
 
-class RateAutoPlans:
-    """run_plan's `plans` for --auto --request-rate: the rate ladder's next level as a LevelPlan, then the hold at
-    the rate found when asked, then None (AutoPlans' twin on the rate axis)."""
-
-    def __init__(self, ladder, plan, hold_s: float = 0.0, slo=(), say=lambda line: None) -> None:
-        self.ladder, self.plan, self.hold_s, self.slo, self.say = ladder, plan, hold_s, slo, say
-        self.t0: float | None = None
-        self.done = None
-        self.n_ladder: int | None = None
-        self.hold_at: float | None = None
-
-    def ladder_levels(self, levels: list) -> list:
-        return levels if self.n_ladder is None else levels[:self.n_ladder]
-
-    def __call__(self, results: list):
-        import time
-
-        from ..engine.knee import find_knee
-        from ..engine.rate_ladder import next_rate_step
-
-        now = time.monotonic()
-        if self.t0 is None:
-            self.t0 = now
-        if self.done is not None:
-            return None
-        step = next_rate_step(self.ladder, results, now - self.t0)
-        if step.rate is not None:
-            self.say(f"ladder: {step.why}")
-            return self.plan(step.rate, None)
-        self.done, self.n_ladder = step, len(results)
-        self.say(f"ladder done: {step.why}")
-        if self.hold_s > 0 and results:
-            k = find_knee(results, self.ladder.share, self.slo, axis="request_rate")
-            self.hold_at = k.interactive_request_rate or k.knee_request_rate or k.batch_request_rate
-            if self.hold_at:
-                self.say(f"holding at {self.hold_at:g} req/s for {self.hold_s:g} s")
-                return self.plan(self.hold_at, self.hold_s)
-        return None
-
-
 def add_rate_arguments(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("open loop (request rates instead of concurrencies)")
     o.add_argument("--request-rates", metavar="R1,R2,...",
